@@ -1,0 +1,5 @@
+"""User-facing errors: the CLI prints these as one line and exits with status 2."""
+
+
+class DdpmkitError(Exception):
+    """A problem with the user's input, stated with its fix. Printed as one line by the CLI."""
