@@ -1,0 +1,150 @@
+"""Reference feature statistics of a real data set, computed once and cached as .npz.
+
+A ``ReferenceStats`` holds what a score needs and what it must be reported with: mean and covariance
+(float64, for FID), the features themselves (float32, for KID, which has no sufficient statistic), N,
+the feature extractor's id and its resize method. Cache files live in ``<cache>/reference/`` and are
+read with ``np.load(allow_pickle=False)``; a file whose extractor id or resize differs from the
+extractor in use is recomputed, never mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import DdpmkitError
+from ..fetch import cache_dir
+from .fid import frechet_distance, gaussian_stats
+from .kid import KIDResult, kid
+
+
+class FeatureExtractor(Protocol):
+    """Anything that maps uint8 NHWC images to (N, D) features and names itself."""
+
+    id: str
+    resize: str
+
+    def __call__(self, images: np.ndarray, *, progress: bool = True) -> np.ndarray: ...
+
+
+@dataclass
+class ReferenceStats:
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray
+    n: int
+    extractor: str
+    resize: str
+    source: str = ""  # e.g. "mnist:test"
+
+    @classmethod
+    def from_features(
+        cls, features: np.ndarray, extractor: str, resize: str, source: str = ""
+    ) -> ReferenceStats:
+        mu, sigma = gaussian_stats(features)
+        return cls(mu, sigma, np.asarray(features, np.float32), len(features), extractor, resize, source)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically as .npz (arrays and strings only, no pickle)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(
+                handle,
+                mu=self.mu,
+                sigma=self.sigma,
+                features=self.features,
+                n=np.int64(self.n),
+                extractor=np.str_(self.extractor),
+                resize=np.str_(self.resize),
+                source=np.str_(self.source),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceStats:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                mu=data["mu"],
+                sigma=data["sigma"],
+                features=data["features"],
+                n=int(data["n"]),
+                extractor=str(data["extractor"]),
+                resize=str(data["resize"]),
+                source=str(data["source"]),
+            )
+
+    def check_compatible(self, extractor: FeatureExtractor) -> None:
+        if (self.extractor, self.resize) != (extractor.id, extractor.resize):
+            raise DdpmkitError(
+                f"reference statistics {self.source!r} were made with {self.extractor} / {self.resize}, "
+                f"not {extractor.id} / {extractor.resize}; recompute them with the same extractor"
+            )
+
+    def fid(self, features: np.ndarray) -> float:
+        """Fréchet distance of a feature set to this reference."""
+        return frechet_distance(*gaussian_stats(features), self.mu, self.sigma)
+
+    def kid(self, features: np.ndarray, **kwargs) -> KIDResult:
+        return kid(features, self.features, **kwargs)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def reference_path(
+    spec: str, split: str, extractor: FeatureExtractor, num: int | None, image_size: int | None
+) -> Path:
+    """Cache file name: one per data set, split, extractor, resize, image size and N."""
+    parts = [spec, split, extractor.id, extractor.resize, f"s{image_size or 'native'}", f"n{num or 'all'}"]
+    return cache_dir() / "reference" / (_slug("__".join(parts)) + ".npz")
+
+
+def stats_for_images(
+    images: np.ndarray, extractor: FeatureExtractor, source: str = "", progress: bool = True
+) -> ReferenceStats:
+    return ReferenceStats.from_features(
+        extractor(images, progress=progress), extractor.id, extractor.resize, source
+    )
+
+
+def reference_stats(
+    spec: str,
+    extractor: FeatureExtractor,
+    *,
+    split: str = "train",
+    num: int | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+    loader: Callable | None = None,
+) -> ReferenceStats:
+    """Statistics of the first ``num`` images (all when None) of ``spec``/``split``, cached.
+
+    ``loader(spec, split=..., image_size=...)`` defaults to ``ddpmkit.data.load_dataset``.
+    """
+    path = reference_path(spec, split, extractor, num, image_size)
+    if path.is_file():
+        stats = ReferenceStats.load(path)
+        if (stats.extractor, stats.resize) == (extractor.id, extractor.resize):
+            return stats
+    if loader is None:
+        from ..data import load_dataset as loader
+    data = loader(spec, split=split, image_size=image_size)
+    images = data.images if num is None else data.images[:num]
+    if num is not None and len(images) < num:
+        raise DdpmkitError(f"{spec}:{split} has {len(images)} images, fewer than the {num} requested")
+    stats = stats_for_images(images, extractor, source=f"{spec}:{split}", progress=progress)
+    stats.save(path)
+    return stats
