@@ -1,0 +1,265 @@
+"""The noise-prediction UNet of DDPM (Ho et al. 2020, appendix B) with improved-diffusion's options.
+
+Structure, for ``L = len(channel_mults)`` levels with ``ch_l = base_channels * channel_mults[l]``::
+
+    conv_in (3x3)                                              -> skip
+    level l = 0 .. L-1:  num_res_blocks x [ResBlock(ch_l) (+ Attention)]      each -> skip
+                         Downsample (conv stride 2), except the last level     -> skip
+    middle:              ResBlock, Attention (if mid_attention), ResBlock
+    level l = L-1 .. 0:  (num_res_blocks + 1) x [concat(skip), ResBlock(ch_l) (+ Attention)]
+                         Upsample (nearest x2 + conv), except level 0
+    out:                 GroupNorm, SiLU, conv_out (3x3, zero-initialised)
+
+Time ``t`` -> sinusoidal(base) -> Linear -> SiLU -> Linear (``4 * base`` dims, DDPM) [+ label embedding]
+-> one shared ``SiLU -> Linear`` producing every ResBlock's scale/shift (or additive bias) at once.
+
+Inputs whose size is not divisible by ``2**(L-1)`` are zero-padded (centred) up to the next multiple and the
+output is cropped back, so 28x28, 30x30, 48x48 all work with any number of levels.
+
+Zero initialisation (improved-diffusion): ``conv_out``, every ResBlock's second conv and every attention
+output projection start at zero, so the untrained network outputs exactly 0 and each block starts as the
+identity on its residual path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.models.layers import (
+    AttentionBlock,
+    Downsample,
+    GroupNormAct,
+    LabelEmbedding,
+    ResBlock,
+    Upsample,
+    timestep_embedding,
+    zero_,
+)
+
+_TIME_CONDITIONING = ("scale_shift", "additive")
+
+
+@dataclass
+class UNetConfig:
+    """Every architectural choice of :class:`UNet`; saved with checkpoints as JSON via :meth:`to_dict`."""
+
+    image_size: int = 28  # H = W of the input; maps attention resolutions to levels, sets the padding
+    in_channels: int = 1
+    out_channels: int | None = None  # None -> in_channels
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2  # per encoder level; the decoder has num_res_blocks + 1 (DDPM)
+    attention_resolutions: tuple[int, ...] = ()  # feature-map sizes (pixels) at which self-attention is used
+    num_heads: int = 4
+    dropout: float = 0.0
+    time_conditioning: str = "scale_shift"  # or "additive" (DDPM)
+    learn_sigma: bool = False  # output 2 * out_channels: prediction + variance interpolation v
+    num_classes: int | None = None  # label index num_classes is the null class (classifier-free guidance)
+    norm_groups: int = 32
+    mid_attention: bool = True  # self-attention in the middle block (DDPM has it)
+    class_dropout_prob: float = 0.0  # training-mode label dropout to the null class (DiT LabelEmbedder)
+    channels_last: bool = True  # run convolutions in NHWC memory format (faster on CPU; see layers.py)
+
+    def __post_init__(self) -> None:
+        self.channel_mults = tuple(int(m) for m in self.channel_mults)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        if self.time_conditioning not in _TIME_CONDITIONING:
+            raise DdpmkitError(
+                f"time_conditioning={self.time_conditioning!r} is unknown; "
+                f"use one of {list(_TIME_CONDITIONING)}"
+            )
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise DdpmkitError(f"channel_mults={self.channel_mults} must be non-empty positive ints")
+        if self.image_size < 1 or self.in_channels < 1 or self.base_channels < 1 or self.num_res_blocks < 1:
+            raise DdpmkitError("image_size, in_channels, base_channels and num_res_blocks must be positive")
+        for ch in {self.base_channels * m for m in self.channel_mults}:
+            if ch % self.norm_groups:
+                raise DdpmkitError(
+                    f"channel width {ch} is not divisible by norm_groups={self.norm_groups}; "
+                    "choose base_channels/channel_mults/norm_groups so every level divides"
+                )
+            if ch % self.num_heads and (self.attention_resolutions or self.mid_attention):
+                raise DdpmkitError(f"channel width {ch} is not divisible by num_heads={self.num_heads}")
+        unknown = set(self.attention_resolutions) - set(self.level_resolutions())
+        if unknown:
+            raise DdpmkitError(
+                f"attention_resolutions {sorted(unknown)} match no level of a {self.image_size}px UNet with "
+                f"{len(self.channel_mults)} levels; its feature-map sizes are {self.level_resolutions()}"
+            )
+        if self.num_classes is not None and self.num_classes < 1:
+            raise DdpmkitError(f"num_classes={self.num_classes} must be positive or None")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.class_dropout_prob <= 1.0:
+            raise DdpmkitError("dropout must be in [0, 1) and class_dropout_prob in [0, 1]")
+
+    @property
+    def resolved_out_channels(self) -> int:
+        """Output channels: ``out_channels`` (or ``in_channels``), doubled if ``learn_sigma``."""
+        out = self.out_channels if self.out_channels is not None else self.in_channels
+        return 2 * out if self.learn_sigma else out
+
+    def level_resolutions(self) -> list[int]:
+        """Nominal feature-map size of each level: ``ceil(image_size / 2**l)`` (28 -> 28, 14, 7)."""
+        return [math.ceil(self.image_size / 2**lvl) for lvl in range(len(self.channel_mults))]
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`DdpmkitError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in names:
+                raise DdpmkitError(f"unknown UNetConfig key {key!r}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def named(cls, name: str, **overrides) -> UNetConfig:
+        """A named size (``tiny``, ``mnist``, ``cifar10``, ``pokemon64``) with optional field overrides."""
+        if name not in NAMED_CONFIGS:
+            raise DdpmkitError(f"unknown UNet size {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
+        d = {**NAMED_CONFIGS[name], **overrides}
+        return cls.from_dict(d)
+
+
+# Named sizes. Parameter counts are pinned in tests/test_unet.py.
+NAMED_CONFIGS: dict[str, dict] = {
+    # for tests: a forward pass in about a millisecond
+    "tiny": dict(image_size=16, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(8,), num_heads=2, norm_groups=4),
+    # chosen for CPU training speed (see benchmarks/results/unet.md)
+    "mnist": dict(image_size=28, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2,
+                  attention_resolutions=(7,), num_heads=4, norm_groups=32),
+    # DDPM CIFAR-10 model (Ho et al. 2020, appendix B: 35.7M parameters)
+    "cifar10": dict(image_size=32, in_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2),
+                    num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1,
+                    time_conditioning="additive"),
+    # 64/128/256/512 channels, attention with 4 heads at 16x16 (about 58M parameters)
+    "pokemon64": dict(image_size=64, in_channels=3, base_channels=64, channel_mults=(1, 2, 4, 8),
+                      num_res_blocks=2, attention_resolutions=(16,), num_heads=4),
+}
+
+
+class _Stage(nn.ModuleList):
+    """A run of blocks applied in order; ResBlocks take the next slice of the time-embedding projection."""
+
+    def forward(self, h: Tensor, emb: Iterator[Tensor]) -> Tensor:  # type: ignore[override]
+        for block in self:
+            h = block(h, next(emb)) if isinstance(block, ResBlock) else block(h)
+        return h
+
+
+class UNet(nn.Module):
+    """Noise-prediction UNet: ``forward(x, t, labels) -> prediction`` of ``x``'s spatial size.
+
+    See the module docstring for the structure and :class:`UNetConfig` for the options.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        base, groups, mults = cfg.base_channels, cfg.norm_groups, cfg.channel_mults
+        temb = 4 * base  # DDPM: time-embedding width is 4x the base channels
+        scale_shift = cfg.time_conditioning == "scale_shift"
+        res_block = lambda i, o: ResBlock(i, o, groups, cfg.dropout, scale_shift)
+        attn = lambda c: AttentionBlock(c, cfg.num_heads, groups)
+        attn_levels = {lvl for lvl, r in enumerate(cfg.level_resolutions()) if r in cfg.attention_resolutions}
+
+        self.time_mlp = nn.Sequential(nn.Linear(base, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.label_emb = None
+        if cfg.num_classes is not None:
+            self.label_emb = LabelEmbedding(cfg.num_classes, temb, cfg.class_dropout_prob)
+        self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_ch, ch = [base], base
+        for lvl, mult in enumerate(mults):
+            for _ in range(cfg.num_res_blocks):
+                blocks = [res_block(ch, base * mult)]
+                ch = base * mult
+                if lvl in attn_levels:
+                    blocks.append(attn(ch))
+                self.down.append(_Stage(blocks))
+                skip_ch.append(ch)
+            if lvl != len(mults) - 1:
+                self.down.append(_Stage([Downsample(ch)]))
+                skip_ch.append(ch)
+
+        mid = [res_block(ch, ch)] + ([attn(ch)] if cfg.mid_attention else []) + [res_block(ch, ch)]
+        self.mid = _Stage(mid)
+
+        self.up = nn.ModuleList()
+        for lvl, mult in reversed(list(enumerate(mults))):
+            for i in range(cfg.num_res_blocks + 1):
+                blocks = [res_block(ch + skip_ch.pop(), base * mult)]
+                ch = base * mult
+                if lvl in attn_levels:
+                    blocks.append(attn(ch))
+                if lvl and i == cfg.num_res_blocks:
+                    blocks.append(Upsample(ch))
+                self.up.append(_Stage(blocks))
+
+        self.norm_out = GroupNormAct(groups, ch)
+        self.conv_out = zero_(nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1))
+
+        # One Linear for all ResBlocks' time projections instead of one per block (fewer, larger matmuls).
+        self._res_blocks = [m for m in self.modules() if isinstance(m, ResBlock)]  # forward order
+        self._emb_splits = [b.emb_dim for b in self._res_blocks]
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(temb, sum(self._emb_splits)))
+
+    def _embed(self, t: Tensor, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        if t.ndim == 0:
+            t = t.expand(batch)
+        emb = self.time_mlp(timestep_embedding(t.to(device), self.config.base_channels))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(labels, batch, device)
+        elif labels is not None:
+            raise DdpmkitError("labels were given to an unconditional UNet; set num_classes in UNetConfig")
+        return emb
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Predict from noisy ``x`` (B, C, H, W) at timesteps ``t`` (B,), int or float, and ``labels`` (B,).
+
+        ``labels=None`` on a class-conditional model uses the null class for every sample.
+        """
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise DdpmkitError(
+                f"UNet expects input of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        B, _, H, W = x.shape
+        t = torch.as_tensor(t)
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != B):
+            raise DdpmkitError(f"timesteps t must have shape ({B},) or be a scalar, got {tuple(t.shape)}")
+        emb = self._embed(t, labels, B, x.device)
+        emb_out = iter(self.emb_proj(emb).split(self._emb_splits, dim=1))
+
+        m = 2 ** (len(self.config.channel_mults) - 1)
+        pad_h, pad_w = -H % m, -W % m
+        if pad_h or pad_w:  # centred zero padding to a multiple of 2**(levels-1); cropped again below
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        h = self.conv_in(x)
+        hs = [h]
+        for stage in self.down:
+            h = stage(h, emb_out)
+            hs.append(h)
+        h = self.mid(h, emb_out)
+        for stage in self.up:
+            h = stage(torch.cat([h, hs.pop()], dim=1), emb_out)
+        h = self.conv_out(self.norm_out(h))
+
+        if pad_h or pad_w:
+            h = h[:, :, pad_h // 2 : pad_h // 2 + H, pad_w // 2 : pad_w // 2 + W]
+        return h
