@@ -1,0 +1,103 @@
+"""BatchLoader: in-memory batches in an order that is a pure function of (seed, epoch, position).
+
+The permutation of epoch e is ``torch.randperm(N)`` from a generator seeded with hash(seed, e, "perm");
+the flips of batch b of epoch e come from a generator seeded with hash(seed, e, b, "flip"). So a loader
+restored from ``state_dict()`` taken mid-epoch yields exactly the batches an uninterrupted run would.
+Pixels map to [-1, 1] as x / 127.5 - 1 (uint8 0 -> -1, 255 -> 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DdpmkitError
+from .image_array import ImageArray
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts (sha256 of their repr): independent streams per (seed, epoch, batch)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class BatchLoader:
+    """Batches (x float32 (B, C, H, W) in [-1, 1], labels int64 (B,)) from an ImageArray held in memory.
+
+    ``for x, y in loader`` yields the rest of the current epoch (all of it on a fresh loader) and leaves
+    the state at the start of the next epoch; ``batches()`` loops over epochs forever. The state is
+    advanced before each batch is yielded, so ``state_dict()`` taken after consuming a batch resumes
+    with the next one.
+    """
+
+    def __init__(self, data: ImageArray, batch_size: int, *, shuffle: bool = True, hflip: bool = False,
+                 seed: int = 0, drop_last: bool = True) -> None:
+        if batch_size < 1:
+            raise DdpmkitError(f"batch_size must be >= 1, got {batch_size}")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.shuffle, self.hflip, self.drop_last = shuffle, hflip, drop_last
+        self.seed = int(seed)
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already yielded
+        # One contiguous uint8 (N, C, H, W) copy: a batch is then one index_select and one fused scale.
+        self._images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
+        self._labels = torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64))
+        if len(self) == 0:
+            raise DdpmkitError(f"{data.name} has {len(data)} images, fewer than batch_size {batch_size}; "
+                               f"lower the batch size")
+
+    def __len__(self) -> int:
+        n = len(self._labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        """The sample order of ``epoch`` (a permutation, or 0..N-1 without shuffle)."""
+        n = len(self._labels)
+        if not self.shuffle:
+            return torch.arange(n)
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, "perm"))
+        return torch.randperm(n, generator=gen)
+
+    def batch(self, epoch: int, index: int, order: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Batch ``index`` of ``epoch``, computed from scratch (pure function of seed, epoch, index)."""
+        order = self.order(epoch) if order is None else order
+        idx = order[index * self.batch_size:(index + 1) * self.batch_size]
+        x = self._images.index_select(0, idx).float().mul_(1 / 127.5).sub_(1.0)
+        if self.hflip:
+            gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, index, "flip"))
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return x, self._labels.index_select(0, idx)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch, start = self.epoch, self.position
+        order = self.order(epoch)
+        for index in range(start, len(self)):
+            if (self.epoch, self.position) != (epoch, index):
+                raise RuntimeError("BatchLoader state changed during iteration (load_state_dict mid-loop?)")
+            out = self.batch(epoch, index, order)
+            self.epoch, self.position = (epoch + 1, 0) if index + 1 == len(self) else (epoch, index + 1)
+            yield out
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Loop over epochs without end, from the current state."""
+        while True:
+            yield from self
+
+    def state_dict(self) -> dict:
+        """JSON-safe position: {"epoch", "position", "seed"}."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, d: dict) -> None:
+        epoch, position, seed = int(d["epoch"]), int(d["position"]), int(d["seed"])
+        if not 0 <= position <= len(self) or epoch < 0:
+            raise DdpmkitError(f"loader state epoch={epoch} position={position} is out of range "
+                               f"(this data set has {len(self)} batches per epoch)")
+        if position == len(self):
+            epoch, position = epoch + 1, 0
+        self.epoch, self.position, self.seed = epoch, position, seed

@@ -1,0 +1,110 @@
+"""Image grids and denoising animations.
+
+Model space is [-1, 1]; pixels are uint8 = round((x + 1) * 127.5) after clamping (the inverse of the
+data scaling x = p / 127.5 - 1). Grids follow torchvision's make_grid layout: tile (r, c) of size H x W
+starts at y = padding + r * (H + padding), x = padding + c * (W + padding).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(B, C, H, W) floats in [-1, 1] -> uint8 (B, H, W, C): round((clamp(x, -1, 1) + 1) * 127.5)."""
+    x = x.detach().float().cpu()
+    if x.ndim == 3:
+        x = x[None]
+    pixels = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _as_uint8_stack(images: np.ndarray | Tensor) -> np.ndarray:
+    """Tensor (B, C, H, W) in [-1, 1] or uint8 array (B, H, W[, C]) -> uint8 (B, H, W, C)."""
+    if isinstance(images, Tensor):
+        return to_uint8(images)
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"numpy images must be uint8 (B, H, W, C), got {arr.dtype}; pass tensors in [-1, 1]")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be (B, H, W, C) with C in 1, 3, 4; got {arr.shape}")
+    return arr
+
+
+def make_grid(images: np.ndarray | Tensor, nrow: int | None = None, padding: int = 2,
+              pad_value: int = 0) -> np.ndarray:
+    """Tile B images into one uint8 (H', W', C) image with ``nrow`` images a row (default ceil(sqrt(B)))."""
+    arr = _as_uint8_stack(images)
+    count, height, width, channels = arr.shape
+    ncol = max(1, min(nrow or math.ceil(math.sqrt(count)), count))
+    nrows = math.ceil(count / ncol)
+    grid = np.full((padding + nrows * (height + padding), padding + ncol * (width + padding), channels),
+                   pad_value, dtype=np.uint8)
+    for i in range(count):
+        top = padding + (i // ncol) * (height + padding)
+        left = padding + (i % ncol) * (width + padding)
+        grid[top:top + height, left:left + width] = arr[i]
+    return grid
+
+
+def _default_scale(tile: int) -> int:
+    return max(1, 96 // tile)  # 28 px -> 3x, 8 px -> 12x, 32 px -> 3x, >= 64 px -> 1x
+
+
+def _to_pil(arr: np.ndarray, scale: int) -> Image.Image:
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    return img
+
+
+def _save_atomic(img: Image.Image, path: str | Path, **kwargs) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            img.save(handle, **kwargs)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an image is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_grid(images: np.ndarray | Tensor, path: str | Path, nrow: int | None = None,
+              scale: int | None = None) -> Path:
+    """Write a grid PNG atomically; small tiles are upscaled nearest-neighbour (default 96 // H times)."""
+    arr = _as_uint8_stack(images)
+    scale = _default_scale(arr.shape[1]) if scale is None else int(scale)
+    return _save_atomic(_to_pil(make_grid(arr, nrow=nrow), scale), path, format="PNG")
+
+
+def save_gif(frames: list[np.ndarray], path: str | Path, duration_ms: int = 80,
+             final_hold_ms: int = 1500, scale: int | None = None) -> Path:
+    """Write an animated GIF (looping) of uint8 (H, W[, C]) frames; the last frame stays ``final_hold_ms``.
+
+    Pillow merges identical consecutive frames (adding their durations), so a GIF of repeated frames has
+    fewer frames than the list.
+    """
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    stack = [_as_uint8_stack(np.asarray(f)[None])[0] for f in frames]
+    scale = _default_scale(stack[0].shape[0]) if scale is None else int(scale)
+    pil = [_to_pil(f, scale) for f in stack]
+    durations = [int(duration_ms)] * (len(pil) - 1) + [int(final_hold_ms)]
+    return _save_atomic(pil[0], path, format="GIF", save_all=True, append_images=pil[1:],
+                        duration=durations, loop=0)
