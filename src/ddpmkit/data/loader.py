@@ -67,7 +67,7 @@ class BatchLoader:
         """Batch ``index`` of ``epoch``, computed from scratch (pure function of seed, epoch, index)."""
         order = self.order(epoch) if order is None else order
         idx = order[index * self.batch_size:(index + 1) * self.batch_size]
-        x = self._images.index_select(0, idx).float().mul_(1 / 127.5).sub_(1.0)
+        x = self._images.index_select(0, idx).float().div_(127.5).sub_(1.0)
         if self.hflip:
             gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, index, "flip"))
             flip = torch.rand(len(idx), generator=gen) < 0.5
