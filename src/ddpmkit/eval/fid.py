@@ -10,6 +10,8 @@ numerical safeguards exactly.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 
@@ -40,7 +42,9 @@ def frechet_distance(
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise DdpmkitError(f"feature statistics differ in shape: {mu1.shape} vs {mu2.shape}; same extractor?")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+    with warnings.catch_warnings():  # singular products are handled below (pytorch-fid passes disp=False)
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():  # as pytorch-fid: offset the diagonals
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))

@@ -217,7 +217,12 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
         axes[0].plot([r["steps"] for r in sub], [r[key] for r in sub], "o-", label=sampler)
         axes[1].plot([r["seconds"] for r in sub], [r[key] for r in sub], "o-", label=sampler)
     for ax, xlabel in zip(axes, ("sampling steps", f"seconds for {rows[0]['num']} images")):
-        ax.set_xscale("log")
+        xs = [x for line in ax.get_lines() for x in line.get_xdata()]
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 10:  # log only over a wide range (readable ticks)
+            ax.set_xscale("log")
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
+            ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(
             {"fid": "FID", "cfid": "classifier FID", "kid_mean": "KID"}[key] + f" (N={rows[0]['num']})"
