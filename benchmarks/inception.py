@@ -27,18 +27,30 @@ from ddpmkit.eval import InceptionFeatures, MnistClassifier, fid_from_features, 
 from ddpmkit.eval.inception import DEFAULT_PRECISION
 
 
-def throughput(extractor: InceptionFeatures, images: np.ndarray, repeats: int = 1) -> float:
-    extractor(images[: extractor.batch_size], progress=False)  # warm-up (oneDNN picks kernels)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        extractor(images, progress=False)
-    return repeats * len(images) / (time.perf_counter() - start)
+def throughput(configs: dict[str, InceptionFeatures], images: np.ndarray, rounds: int) -> dict[str, float]:
+    """Best-of-``rounds`` images/s per config, rounds interleaved so shared-CPU load hits all alike."""
+    for ext in configs.values():
+        ext(images[:2], progress=False)  # warm-up: TorchScript profiling runs, oneDNN kernel choice
+        ext(images[:2], progress=False)
+    best = dict.fromkeys(configs, 0.0)
+    for _ in range(rounds):
+        for name, ext in configs.items():
+            start = time.perf_counter()
+            ext(images, progress=False)
+            best[name] = max(best[name], len(images) / (time.perf_counter() - start))
+    return best
+
+
+def save(result: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--n-speed", type=int, default=64)
+    parser.add_argument("--n-speed", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n-precision", type=int, default=200)
     parser.add_argument("--n-floor", type=int, default=500)
     parser.add_argument("--n-classifier", type=int, default=2000)
@@ -55,42 +67,53 @@ def main() -> None:
     }
 
     # 1. throughput
-    speed = {}
-    for precision in ("fp32", "bf16"):
-        for channels_last in (False, True):
-            ext = InceptionFeatures(
-                precision=precision, channels_last=channels_last, batch_size=args.batch_size
-            )
-            name = precision + ("+channels_last" if channels_last else "")
-            speed[name] = throughput(ext, test.images[: args.n_speed])
-            print(f"{name:20s} {speed[name]:6.2f} images/s", flush=True)
+    configs = {
+        precision + ("+channels_last" if cl else ""): InceptionFeatures(
+            precision=precision, channels_last=cl, batch_size=args.batch_size
+        )
+        for precision in ("fp32", "bf16")
+        for cl in (False, True)
+    }
+    speed = throughput(configs, test.images[: args.n_speed], args.rounds)
+    for name, value in speed.items():
+        print(f"{name:20s} {value:6.2f} images/s", flush=True)
     result["images_per_s"] = speed
+    result["speed_images"] = args.n_speed
+    result["speed_rounds"] = args.rounds
+    save(result, args.out)
 
-    # 2. precision check and 3. floor share the fp32 features
+    # 2. classifier floor (seconds)
+    clf = MnistClassifier()
+    c = args.n_classifier
+    start = time.perf_counter()
+    feats_test, logits_test = clf.outputs(test.images, progress=False)
+    clf_seconds = time.perf_counter() - start
+    feats_train = clf(train.images[:c], progress=False)
+    fc = result["floor_classifier"] = {
+        "n": c,
+        "fid": fid_from_features(feats_train, feats_test[:c]),
+        "test_accuracy": float((logits_test.argmax(1) == test.labels).mean()),
+        "test_n": len(test.images),
+        "images_per_s": len(test.images) / clf_seconds,
+    }
+    print(
+        f"floor, classifier features, N={c}: FID {fc['fid']:.3f}; "
+        f"classifier test accuracy {fc['test_accuracy']:.4f} (N={fc['test_n']})",
+        flush=True,
+    )
+    save(result, args.out)
+
+    # 3. Inception floor (fp32, faster layout); its first n_precision images serve the precision check
     n = max(args.n_floor, args.n_precision)
-    fp32 = InceptionFeatures(precision="fp32", batch_size=args.batch_size)
+    fp32_layout = speed["fp32+channels_last"] > speed["fp32"]
+    fp32 = configs["fp32+channels_last" if fp32_layout else "fp32"]
     start = time.perf_counter()
     f_train, f_test = fp32(train.images[:n]), fp32(test.images[:n])
+    result["fp32_channels_last"] = fp32_layout
     result["fp32_seconds_per_image"] = (time.perf_counter() - start) / (2 * n)
-    bf16_layout = speed["bf16+channels_last"] > speed["bf16"]
-    bf16 = InceptionFeatures(precision="bf16", channels_last=bf16_layout, batch_size=args.batch_size)
-    k = args.n_precision
-    b_train, b_test = bf16(train.images[:k]), bf16(test.images[:k])
-    fid32 = fid_from_features(f_train[:k], f_test[:k])
-    fid16 = fid_from_features(b_train, b_test)
-    change = abs(fid16 - fid32) / fid32
-    result["precision_check"] = {
-        "n": k,
-        "fid_fp32": fid32,
-        "fid_bf16": fid16,
-        "relative_change": change,
-        "max_abs_feature_diff": float(np.abs(b_train - f_train[:k]).max()),
-        "bf16_passes": bool(change < 0.01),
-        "default_precision": DEFAULT_PRECISION,
-    }
     m = args.n_floor
     kid_floor = kid(f_train[:m], f_test[:m])
-    result["floor_inception"] = {
+    fl = result["floor_inception"] = {
         "n": m,
         "fid": fid_from_features(f_train[:m], f_test[:m]),
         "kid_mean": kid_floor.mean,
@@ -98,42 +121,42 @@ def main() -> None:
         "kid_subset_size": kid_floor.subset_size,
         "data_md_fid": 21.5,
     }
-
-    clf = MnistClassifier()
-    c = args.n_classifier
-    start = time.perf_counter()
-    feats_test, logits_test = clf.outputs(test.images, progress=False)
-    clf_seconds = time.perf_counter() - start
-    feats_train = clf(train.images[:c], progress=False)
-    result["floor_classifier"] = {
-        "n": c,
-        "fid": fid_from_features(feats_train, feats_test[:c]),
-        "test_accuracy": float((logits_test.argmax(1) == test.labels).mean()),
-        "test_n": len(test.images),
-        "images_per_s": len(test.images) / clf_seconds,
-    }
-
-    print("\n| setting | images/s |\n|---|---|")
-    for name, value in speed.items():
-        print(f"| {name} | {value:.2f} |")
-    pc = result["precision_check"]
-    print(
-        f"\nFID train[:{k}] vs test[:{k}]: fp32 {fid32:.3f}, bf16 {fid16:.3f} ({100 * change:.2f}% change; "
-        f"bf16 {'passes' if pc['bf16_passes'] else 'fails'} the <1% rule); "
-        f"default precision: {DEFAULT_PRECISION}"
-    )
-    fl = result["floor_inception"]
     print(
         f"floor, Inception, N={m}: FID {fl['fid']:.2f} (DATA.md 21.5),",
         f"KID {fl['kid_mean']:.5f} ± {fl['kid_std']:.5f}",
+        flush=True,
     )
-    fc = result["floor_classifier"]
+    save(result, args.out)
+
+    # 4. precision check: bf16 may be the default only if it moves this FID by < 1% (and is faster)
+    bf16_layout = speed["bf16+channels_last"] > speed["bf16"]
+    bf16 = configs["bf16+channels_last" if bf16_layout else "bf16"]
+    k = args.n_precision
+    b_train, b_test = bf16(train.images[:k]), bf16(test.images[:k])
+    fid32 = fid_from_features(f_train[:k], f_test[:k])
+    fid16 = fid_from_features(b_train, b_test)
+    change = abs(fid16 - fid32) / fid32
+    best32 = max(speed["fp32"], speed["fp32+channels_last"])
+    best16 = max(speed["bf16"], speed["bf16+channels_last"])
+    pc = result["precision_check"] = {
+        "n": k,
+        "fid_fp32": fid32,
+        "fid_bf16": fid16,
+        "relative_change": change,
+        "max_abs_feature_diff": float(np.abs(b_train - f_train[:k]).max()),
+        "bf16_passes": bool(change < 0.01),
+        "bf16_faster": bool(best16 > best32),
+        "default_precision": DEFAULT_PRECISION,
+    }
+    print("\n| setting | images/s |\n|---|---|")
+    for name, value in speed.items():
+        print(f"| {name} | {value:.2f} |")
     print(
-        f"floor, classifier features, N={c}: FID {fc['fid']:.3f}; "
-        f"classifier test accuracy {fc['test_accuracy']:.4f} (N={fc['test_n']})"
+        f"\nFID train[:{k}] vs test[:{k}]: fp32 {fid32:.3f}, bf16 {fid16:.3f} ({100 * change:.2f}% change; "
+        f"bf16 {'passes' if pc['bf16_passes'] else 'fails'} the <1% rule, "
+        f"{'faster' if pc['bf16_faster'] else 'slower'} than fp32); default precision: {DEFAULT_PRECISION}"
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.out)
     print(f"wrote {args.out}")
 
 

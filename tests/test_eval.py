@@ -158,14 +158,14 @@ def test_inception_preprocess_scales_resizes_and_expands() -> None:
     constant = np.full((1, 28, 28, 1), 200, np.uint8)  # bilinear keeps a constant image constant
     torch.testing.assert_close(preprocess(constant), torch.full((1, 3, 299, 299), 72 / 128))
     # align_corners=False: corner pixels of the output are interpolated, not copied (align_corners=True would)
-    ramp = np.tile(np.arange(0, 280, 10, dtype=np.uint8), (28, 1))[None, :, :, None]
-    left = preprocess(ramp)[0, 0, 0, 0] * 128 + 128
-    assert left.item() == pytest.approx(0.0)  # clamped source coordinate at the edge
-    assert (preprocess(ramp)[0, 0, 0, 1] * 128 + 128).item() == pytest.approx(0.0)
-    # source x = (i + 0.5) * 28/299 - 0.5; output column 20 -> x = 1.420, i.e. 14.20 on a 10-step ramp
-    assert (preprocess(ramp)[0, 0, 0, 20] * 128 + 128).item() == pytest.approx(
-        10 * ((20.5 * 28 / 299) - 0.5), abs=1e-3
-    )
+    ramp = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))[None, :, :, None]
+    row = (preprocess(ramp)[0, 0, 0] * 128 + 128).double()
+    assert row[0].item() == pytest.approx(0.0, abs=1e-4)  # source coordinate clamped at the edge
+    # align_corners=False: output column i samples source x = (i + 0.5) * 28 / 299 - 0.5 (9 per pixel);
+    # align_corners=True would sample x = i * 27 / 298 instead.
+    for i in (1, 20, 150, 297):
+        x = (i + 0.5) * 28 / 299 - 0.5
+        assert row[i].item() == pytest.approx(9 * min(max(x, 0), 27), abs=1e-3)
 
 
 class _TinyNet(torch.nn.Module):
