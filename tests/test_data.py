@@ -201,6 +201,8 @@ def test_folder_image_size_and_grayscale(tmp_path):
 
 
 def test_folder_errors(tmp_path):
+    with pytest.raises(DdpmkitError, match="names no path"):
+        load_dataset("folder:")
     with pytest.raises(DdpmkitError, match="does not exist"):
         load_dataset(f"folder:{tmp_path / 'missing'}")
     with pytest.raises(DdpmkitError, match="no image files"):

@@ -36,6 +36,8 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise DdpmkitError(f"image_size must be a positive integer, got {image_size!r}")
     kind, sep, path = spec.partition(":")
+    if sep and kind in ("folder", "cifar10") and not path.strip():
+        raise DdpmkitError(f"{spec!r} names no path; write {kind}:PATH")
     if sep and kind == "folder":
         if split != "train":
             raise DdpmkitError(f"{spec}: a folder has no test split; use split='train'")
