@@ -1,0 +1,308 @@
+"""The diffusion math in one place: forward process, prediction targets, posterior, reverse step, training loss.
+
+Notation (Ho et al. 2020; Nichol & Dhariwal 2021; Salimans & Ho 2022):
+
+    x_t   = √ᾱ_t x_0 + √(1-ᾱ_t) ε                         forward marginal q(x_t | x_0)
+    v     = √ᾱ_t ε - √(1-ᾱ_t) x_0                          velocity target
+    x_0   = √ᾱ_t x_t - √(1-ᾱ_t) v,   ε = √(1-ᾱ_t) x_t + √ᾱ_t v
+    μ̃_t   = coef1 · x_0 + coef2 · x_t                      posterior mean of q(x_{t-1} | x_t, x_0)
+    β̃_t   = β_t (1-ᾱ_{t-1}) / (1-ᾱ_t)                      posterior variance
+
+The model predicts one of ε, x_0 or v (``Prediction``); the reverse step p(x_{t-1} | x_t) uses the posterior
+with x̂_0 in place of x_0 and a fixed variance (``Variance``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import DdpmkitError
+from .schedule import NoiseSchedule
+
+
+class Prediction(str, enum.Enum):
+    """What the network outputs."""
+
+    EPS = "eps"
+    X0 = "x0"
+    V = "v"
+
+
+class Variance(str, enum.Enum):
+    """The variance of p(x_{t-1} | x_t): β̃_t (fixed_small) or β_t (fixed_large), as in DDPM."""
+
+    FIXED_SMALL = "fixed_small"
+    FIXED_LARGE = "fixed_large"
+
+
+class LossType(str, enum.Enum):
+    MSE = "mse"
+    L1 = "l1"
+
+
+def _enum(kind: type[enum.Enum], value: object, what: str) -> enum.Enum:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        raise DdpmkitError(f"unknown {what} '{value}'; choose one of {choices}") from None
+
+
+def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """values[t] as a (B, 1, 1, …) tensor in ``like``'s dtype and device, broadcastable against ``like``."""
+    out = values.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    return out.reshape(t.shape[0], *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class LossTerms:
+    """One training loss evaluation.
+
+    loss: the scalar to backpropagate (mean of per_sample).
+    per_sample: weighted loss of each sample (B,), for logging by timestep.
+    weights: the min-SNR weight of each sample (ones when unweighted).
+    t: the timesteps drawn (B,).
+    """
+
+    loss: Tensor
+    per_sample: Tensor
+    weights: Tensor
+    t: Tensor
+
+
+@dataclass
+class ReverseStep:
+    """p(x_{t-1} | x_t) for one step: its mean, variance, log-variance, and the x̂_0, ε̂ it was built from."""
+
+    mean: Tensor
+    variance: Tensor
+    log_variance: Tensor
+    x0: Tensor
+    eps: Tensor
+
+
+class Diffusion:
+    """Gaussian diffusion over a :class:`NoiseSchedule`.
+
+    Args:
+        schedule: the β_t.
+        prediction: "eps" (default), "x0" or "v" — what the model outputs.
+        variance: "fixed_small" (β̃_t, default) or "fixed_large" (β_t) for the reverse step.
+        loss_type: "mse" (default) or "l1" on the prediction target.
+        min_snr_gamma: γ for min-SNR-γ loss weighting (Hang et al. 2023; 5 is their default), or None.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        variance: str = "fixed_small",
+        loss_type: str = "mse",
+        min_snr_gamma: float | None = None,
+    ):
+        self.schedule = schedule
+        self.prediction = _enum(Prediction, prediction, "prediction target")
+        self.variance = _enum(Variance, variance, "variance")
+        self.loss_type = _enum(LossType, loss_type, "loss type")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise DdpmkitError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
+        if schedule.zero_terminal_snr and self.prediction is Prediction.EPS:
+            raise DdpmkitError("a zero-terminal-SNR schedule cannot be used with eps-prediction; use prediction='v'")
+        s = schedule
+        if self.variance is Variance.FIXED_SMALL:
+            self._var, self._log_var = s.posterior_variance, s.posterior_log_variance_clipped
+        else:
+            # improved-diffusion: fixed_large uses β_t, with β̃_1 in place of β_0 for a better x_0 likelihood.
+            first = s.posterior_variance[1:2] if s.num_steps > 1 else s.betas[:1]
+            large = torch.cat([first, s.betas[1:]])
+            self._var, self._log_var = large, torch.log(large)
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    def __repr__(self) -> str:
+        return (f"Diffusion({self.schedule!r}, prediction={self.prediction.value}, "
+                f"variance={self.variance.value}, loss={self.loss_type.value}, min_snr_gamma={self.min_snr_gamma})")
+
+    # ----- forward process ----------------------------------------------------------------------------------
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε, with one timestep per sample (t of shape (B,))."""
+        noise = torch.randn_like(x0) if noise is None else noise
+        s = self.schedule
+        return extract(s.sqrt_alphas_cumprod, t, x0) * x0 + extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def q_mean_variance(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean √ᾱ_t x_0 and variance 1-ᾱ_t of q(x_t | x_0)."""
+        s = self.schedule
+        return extract(s.sqrt_alphas_cumprod, t, x0) * x0, extract(1.0 - s.alphas_cumprod, t, x0).expand_as(x0)
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean μ̃_t = coef1·x_0 + coef2·x_t, variance β̃_t and clipped log β̃_t of q(x_{t-1} | x_t, x_0)."""
+        s = self.schedule
+        mean = extract(s.posterior_mean_coef1, t, x_t) * x0 + extract(s.posterior_mean_coef2, t, x_t) * x_t
+        return mean, extract(s.posterior_variance, t, x_t), extract(s.posterior_log_variance_clipped, t, x_t)
+
+    # ----- prediction targets and conversions -----------------------------------------------------------------
+
+    def x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t."""
+        s = self.schedule
+        return (x_t - extract(s.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / extract(s.sqrt_alphas_cumprod, t, x_t)
+
+    def eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t)."""
+        s = self.schedule
+        return (x_t - extract(s.sqrt_alphas_cumprod, t, x_t) * x0) / extract(s.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def v_from_x0_eps(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """v = √ᾱ_t ε - √(1-ᾱ_t) x_0."""
+        s = self.schedule
+        return extract(s.sqrt_alphas_cumprod, t, x0) * eps - extract(s.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 = √ᾱ_t x_t - √(1-ᾱ_t) v."""
+        s = self.schedule
+        return extract(s.sqrt_alphas_cumprod, t, x_t) * x_t - extract(s.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+    def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """ε = √(1-ᾱ_t) x_t + √ᾱ_t v."""
+        s = self.schedule
+        return extract(s.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + extract(s.sqrt_alphas_cumprod, t, x_t) * v
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the model should output for (x_0, ε, t): ε, x_0 or v."""
+        if self.prediction is Prediction.EPS:
+            return noise
+        if self.prediction is Prediction.X0:
+            return x0
+        return self.v_from_x0_eps(x0, noise, t)
+
+    def split_output(self, model_output: Tensor, channels: int) -> Tensor:
+        """The prediction part of a model output (the first ``channels`` channels when a variance is learned too)."""
+        if model_output.shape[1] == channels:
+            return model_output
+        if model_output.shape[1] == 2 * channels:
+            return model_output[:, :channels]
+        raise DdpmkitError(
+            f"model returned {model_output.shape[1]} channels for {channels}-channel images; "
+            "check the UNet's out_channels"
+        )
+
+    def predict_x0_eps(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂_0, ε̂) from the model's prediction of ε, x_0 or v."""
+        if self.prediction is Prediction.EPS:
+            return self.x0_from_eps(x_t, t, prediction), prediction
+        if self.prediction is Prediction.X0:
+            return prediction, self.eps_from_x0(x_t, t, prediction)
+        return self.x0_from_v(x_t, t, prediction), self.eps_from_v(x_t, t, prediction)
+
+    # ----- reverse process ----------------------------------------------------------------------------------
+
+    def p_mean_variance(
+        self,
+        prediction: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        clip_denoised: bool = True,
+        dynamic_threshold: float | None = None,
+    ) -> ReverseStep:
+        """p(x_{t-1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²) for a model prediction at x_t.
+
+        x̂_0 is optionally clipped to [-1, 1] or dynamically thresholded (Imagen); ε̂ is then recomputed from the
+        clipped x̂_0 so that every sampler sees a consistent pair.
+        """
+        x0, eps = self.predict_x0_eps(prediction, x_t, t)
+        if dynamic_threshold is not None or clip_denoised:
+            x0 = dynamic_thresholding(x0, dynamic_threshold) if dynamic_threshold is not None else x0.clamp(-1, 1)
+            eps = self.eps_from_x0(x_t, t, x0)
+        mean, _, _ = self.q_posterior(x0, x_t, t)
+        return ReverseStep(mean, extract(self._var, t, x_t), extract(self._log_var, t, x_t), x0, eps)
+
+    # ----- training -----------------------------------------------------------------------------------------
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """min-SNR-γ weights (Hang et al. 2023), expressed for the model's target.
+
+        With SNR_t = ᾱ_t/(1-ᾱ_t), the x_0-space weight min(SNR_t, γ) becomes
+        min(SNR_t, γ)/SNR_t for ε, min(SNR_t, γ) for x_0 and min(SNR_t, γ)/(SNR_t + 1) for v.
+        """
+        if self.min_snr_gamma is None:
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        snr = self.schedule.snr.to(t.device)[t]
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.prediction is Prediction.EPS:
+            weights = clipped / snr
+        elif self.prediction is Prediction.X0:
+            weights = clipped
+        else:
+            weights = clipped / (snr + 1)
+        return weights.float()
+
+    def sample_timesteps(self, batch: int, device: torch.device | str = "cpu",
+                         generator: torch.Generator | None = None) -> Tensor:
+        """t ~ Uniform{0, …, T-1}, one per sample."""
+        return torch.randint(0, self.num_steps, (batch,), generator=generator,
+                             device=generator.device if generator is not None else device).to(device)
+
+    def training_losses(
+        self,
+        model: Callable[..., Tensor],
+        x0: Tensor,
+        labels: Tensor | None = None,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> LossTerms:
+        """Draw t and ε, noise x_0 to x_t, and score the model's prediction of the target.
+
+        per_sample_i = w(t_i) · mean over pixels of ℓ(model(x_t, t)_i - target_i), ℓ = squared or absolute error.
+        """
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], x0.device, generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
+                                dtype=x0.dtype).to(x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        output = model(x_t, t) if labels is None else model(x_t, t, labels)
+        prediction = self.split_output(output, x0.shape[1]).float()
+        target = self.target(x0, noise, t).float()
+        if self.loss_type is LossType.MSE:
+            error = F.mse_loss(prediction, target, reduction="none")
+        else:
+            error = F.l1_loss(prediction, target, reduction="none")
+        weights = self.loss_weights(t)
+        per_sample = error.flatten(1).mean(dim=1) * weights
+        return LossTerms(per_sample.mean(), per_sample.detach(), weights, t)
+
+    def loss(self, model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None, **kwargs) -> Tensor:
+        """The scalar training loss (see :meth:`training_losses`)."""
+        return self.training_losses(model, x0, labels, **kwargs).loss
+
+    # ----- config ---------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule.to_dict(), "prediction": self.prediction.value,
+                "variance": self.variance.value, "loss_type": self.loss_type.value,
+                "min_snr_gamma": self.min_snr_gamma}
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> Diffusion:
+        spec = dict(spec)
+        schedule = NoiseSchedule.from_dict(spec.pop("schedule"))
+        return cls(schedule, **spec)
+
+
+def dynamic_thresholding(x0: Tensor, percentile: float = 0.995) -> Tensor:
+    """Imagen (Saharia et al. 2022): s = max(1, quantile_p |x̂_0|) per sample; x̂_0 ← clamp(x̂_0, -s, s) / s."""
+    s = torch.quantile(x0.detach().abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)
+    s = s.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s

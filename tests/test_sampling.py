@@ -1,0 +1,181 @@
+"""Samplers against an oracle (Gaussian data, exact ε-predictor), against each other, and pinned numbers."""
+
+import math
+
+import pytest
+import torch
+
+from ddpmkit.diffusion import Diffusion
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.sampling import ddim, ddpm, dpmpp_2m, sample, timestep_spacing
+from ddpmkit.schedule import NoiseSchedule
+
+MU, SIGMA = 0.3, 0.5
+
+
+def oracle_eps(diffusion):
+    """E[ε | x_t] for data x_0 ~ N(μ, σ²): √(1-ᾱ)(x_t - √ᾱ μ) / (ᾱ σ² + 1 - ᾱ), the optimal ε-predictor."""
+    ac = diffusion.schedule.alphas_cumprod
+
+    def fn(x, t):
+        a = ac[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * SIGMA**2 + 1 - a)
+
+    return fn
+
+
+def exact_ode_map(diffusion, x_T):
+    """The probability-flow ODE maps x_T affinely onto the data: x_0 = μ + σ (x_T - √ᾱ_T μ)/√(ᾱ_T σ² + 1 - ᾱ_T)."""
+    a = diffusion.schedule.alphas_cumprod[-1].item()
+    return MU + SIGMA * (x_T - math.sqrt(a) * MU) / math.sqrt(a * SIGMA**2 + 1 - a)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_ddpm_oracle_matches_data_distribution(kind):
+    d = Diffusion(NoiseSchedule.from_name(kind, 1000), variance="fixed_large")
+    n = 40_000
+    g = torch.Generator().manual_seed(1)
+    out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64), generator=g,
+               clip_denoised=False)
+    se_mean, se_std = SIGMA / math.sqrt(n), SIGMA / math.sqrt(2 * n)
+    assert abs(out.mean().item() - MU) < 4 * se_mean
+    assert abs(out.std().item() - SIGMA) < 4 * se_std + 0.002
+
+
+def test_ddpm_fixed_small_oracle_within_its_small_bias():
+    """β̃_t is the lower bound on the reverse variance: measured σ bias ≈ -1% (linear, T = 1000)."""
+    d = Diffusion(NoiseSchedule.linear(1000), variance="fixed_small")
+    n = 40_000
+    g = torch.Generator().manual_seed(2)
+    out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64), generator=g,
+               clip_denoised=False)
+    assert abs(out.mean().item() - MU) < 4 * SIGMA / math.sqrt(n)
+    assert out.std().item() == pytest.approx(SIGMA, rel=0.02)
+
+
+@pytest.mark.parametrize(("sampler", "steps", "tolerance"), [("ddim", 50, 0.04), ("ddim", 200, 0.01),
+                                                             ("dpm++2m", 20, 0.01), ("dpm++2m", 50, 0.003)])
+def test_deterministic_samplers_follow_the_exact_ode(sampler, steps, tolerance):
+    """Measured on this oracle (cosine, trailing): DDIM-50 σ is ≈3% low, DPM-Solver++(2M)-20 within 0.5%."""
+    d = Diffusion(NoiseSchedule.cosine(1000))
+    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fn = ddim if sampler == "ddim" else dpmpp_2m
+    out = fn(oracle_eps(d), d, x_T.clone(), steps=steps, clip_denoised=False)
+    exact = exact_ode_map(d, x_T)
+    assert out.std().item() == pytest.approx(exact.std().item(), rel=tolerance)
+    assert out.mean().item() == pytest.approx(exact.mean().item(), abs=0.01)
+    # the map is nearly the exact one sample by sample, not only in distribution
+    assert (out - exact).abs().max().item() < 3 * tolerance * 2 + 0.02
+
+
+def test_ddim_eta1_full_steps_equals_ddpm_fixed_small():
+    d = Diffusion(NoiseSchedule.linear(1000), variance="fixed_small")
+    model = lambda x, t: torch.sin(x) * 0.3 + (t.float() / 1000).reshape(-1, 1, 1, 1) * 0.1
+    x_T = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(5))
+    a = ddpm(model, d, x_T.clone(), generator=torch.Generator().manual_seed(7))
+    b = ddim(model, d, x_T.clone(), steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    traj_a, traj_b = [], []
+    ddpm(model, d, x_T.clone(), generator=torch.Generator().manual_seed(7),
+         callback=lambda i, t, x, x0: traj_a.append(x.clone()))
+    ddim(model, d, x_T.clone(), steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7),
+         callback=lambda i, t, x, x0: traj_b.append(x.clone()))
+    assert len(traj_a) == len(traj_b) == 1000
+    assert max((p - q).abs().max().item() for p, q in zip(traj_a, traj_b)) < 1e-4
+
+
+def test_ddim_eta0_is_deterministic_and_eta_changes_it():
+    d = Diffusion(NoiseSchedule.cosine(100))
+    model = lambda x, t: 0.5 * x
+    x_T = torch.randn(2, 1, 4, 4)
+    one = ddim(model, d, x_T.clone(), steps=10, eta=0.0, generator=torch.Generator().manual_seed(0))
+    two = ddim(model, d, x_T.clone(), steps=10, eta=0.0, generator=torch.Generator().manual_seed(99))
+    assert torch.equal(one, two)
+    noisy = ddim(model, d, x_T.clone(), steps=10, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(one, noisy)
+    with pytest.raises(DdpmkitError, match="eta"):
+        ddim(model, d, x_T, eta=1.5)
+
+
+def test_timestep_spacings():
+    assert timestep_spacing(1000, 10, "leading").tolist() == list(range(900, -1, -100))
+    assert timestep_spacing(1000, 10, "trailing").tolist() == list(range(999, 0, -100))
+    assert timestep_spacing(1000, 3, "trailing").tolist() == [999, 666, 332]  # diffusers' trailing
+    assert timestep_spacing(1000, 4, "linspace").tolist() == [999, 666, 333, 0]
+    assert timestep_spacing(50, 50, "leading").tolist() == list(range(49, -1, -1))
+    with pytest.raises(DdpmkitError, match="spacing"):
+        timestep_spacing(1000, 10, "random")
+    with pytest.raises(DdpmkitError, match="steps"):
+        timestep_spacing(100, 101)
+
+
+def test_respaced_ddpm_with_all_steps_is_plain_ddpm_and_fewer_steps_work():
+    d = Diffusion(NoiseSchedule.linear(100))
+    model = lambda x, t: 0.2 * x
+    x_T = torch.randn(2, 1, 2, 2)
+    full = ddpm(model, d, x_T.clone(), generator=torch.Generator().manual_seed(1))
+    respaced_same = ddpm(model, d, x_T.clone(), steps=100, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(full, respaced_same)
+    calls = []
+    ddpm(lambda x, t: (calls.append(int(t[0])), 0.2 * x)[1], d, x_T.clone(), steps=10,
+         generator=torch.Generator().manual_seed(1))
+    assert calls == timestep_spacing(100, 10, "linspace").tolist()
+
+
+# ----- pinned numbers (guard against silent regressions; recompute only for a deliberate change) -------------
+
+def dummy_model(x, t):
+    return 0.1 * x + 0.05 * torch.cos(t.float() / 50).reshape(-1, 1, 1, 1)
+
+
+PINNED = {
+    # (sampler, steps, eta): (sum, mean of |x|) of a (2, 3, 4, 4) batch from seed 1234, linear T = 100
+    ("ddpm", None, 0.0): (-15.272406578063965, 0.7042748332023621),
+    ("ddim", 20, 0.0): (-7.641419410705566, 0.7221221923828125),
+    ("ddim", 20, 0.5): (-13.547036170959473, 0.7498615384101868),
+    ("dpm++2m", 10, 0.0): (-7.78897762298584, 0.7217146754264832),
+}
+
+
+def run_pinned(sampler, steps, eta):
+    d = Diffusion(NoiseSchedule.linear(100))
+    g = torch.Generator().manual_seed(1234)
+    out = sample(dummy_model, d, (2, 3, 4, 4), sampler=sampler, steps=steps, eta=eta, generator=g)
+    return out.sum().item(), out.abs().mean().item()
+
+
+@pytest.mark.parametrize("key", list(PINNED))
+def test_pinned_sampler_outputs(key):
+    total, mean_abs = run_pinned(*key)
+    expected = PINNED[key]
+    assert total == pytest.approx(expected[0], rel=1e-5, abs=1e-5)
+    assert mean_abs == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_sample_entry_point_callback_and_errors():
+    d = Diffusion(NoiseSchedule.cosine(50))
+    seen = []
+    out = sample(lambda x, t: 0.1 * x, d, (3, 1, 5, 5), sampler="ddim", steps=7,
+                 generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: seen.append((i, t)))
+    assert out.shape == (3, 1, 5, 5) and out.dtype == torch.float32
+    assert [i for i, _ in seen] == list(range(7)) and seen[0][1] == 49
+    with pytest.raises(DdpmkitError, match="sampler"):
+        sample(lambda x, t: x, d, (1, 1, 2, 2), sampler="euler")
+    with pytest.raises(DdpmkitError, match="labels"):
+        sample(lambda x, t: x, d, (1, 1, 2, 2), guidance=3.0)
+
+
+def test_classifier_free_guidance_combines_conditional_and_null():
+    class Conditional(torch.nn.Module):
+        class config:  # noqa: N801 - mimics UNetConfig.num_classes
+            num_classes = 10
+
+        def forward(self, x, t, labels):
+            return x * 0 + labels.float().reshape(-1, 1, 1, 1)  # predicts its label; the null class is 10
+
+    from ddpmkit.sampling import guided_model_fn
+    fn = guided_model_fn(Conditional(), torch.tensor([2, 4]), guidance=3.0)
+    out = fn(torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]))
+    # ε_∅ + w (ε_c - ε_∅) = 10 + 3 (c - 10)
+    assert out[0].unique().item() == pytest.approx(10 + 3 * (2 - 10))
+    assert out[1].unique().item() == pytest.approx(10 + 3 * (4 - 10))
