@@ -52,7 +52,9 @@ INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 FEATURE_ID = "inception-2015-12-05:pool3:2048"
 RESIZE_ID = "torch-bilinear-align_corners=False-antialias=False(pytorch-fid)"
-# Chosen by benchmarks/inception.py: bf16 is used only if it moves the FID of a fixed pair of sets by < 1%.
+# Chosen by benchmarks/inception.py (results/inception.json): bf16 could be the default only if it moved
+# the FID of MNIST train[:200] vs test[:200] by < 1% AND were faster. On this CPU (AVX-512 without
+# AVX512_BF16/AMX) bf16 runs ~2x slower than fp32, so fp32 is the default.
 DEFAULT_PRECISION = "fp32"
 
 

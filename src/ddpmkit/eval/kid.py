@@ -6,7 +6,8 @@
 
 averaged over random subsets (default 100 subsets of min(1000, m, n) vectors drawn without replacement,
 as clean-fid and torch-fidelity do); the spread across subsets is reported as the standard deviation
-(np.std, as torch-fidelity).
+(np.std, as torch-fidelity). When both sets have at most ``subset_size`` vectors every subset is the
+whole set, so the std is 0 and says nothing about the noise: use more samples or smaller subsets.
 """
 
 from __future__ import annotations
