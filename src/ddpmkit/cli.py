@@ -1,0 +1,193 @@
+"""The command line: parses arguments and calls the library. Errors are one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import DdpmkitError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a diffusion model (default: the mnist preset on this machine)",
+                       description="Train a diffusion model. With no arguments: the mnist preset into runs/mnist.")
+    p.add_argument("--preset", default="mnist", help="preset name or YAML file (see `ddpmkit presets`)")
+    p.add_argument("--data", help="mnist, fashion-mnist, pokemon, emoji, digits, folder:PATH or cifar10:PATH")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<preset>)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
+                   help="continue the newest checkpoint of the run folder, or the run/checkpoint at PATH")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--steps", type=int, help="optimizer steps")
+    group.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.ema_decay=0.999 --set model.dropout=0.1")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate images from a run or checkpoint")
+    p.add_argument("run", type=Path, help="run folder (its newest checkpoint) or checkpoint folder")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: ddim 50, dpm++2m 20, ddpm T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (conditional models)")
+    p.add_argument("--out", type=Path, default=Path("grid.png"))
+    p.add_argument("--individual", type=Path, metavar="DIR", help="also write one PNG per image into DIR")
+    p.add_argument("--gif", action="store_true", help="also write the denoising progression as <out>.gif")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--weights", default="ema", choices=("ema", "model"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddpmkit", description="Denoising diffusion from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    data = sub.add_parser("data", help="list | fetch NAME | show NAME", add_help=False)
+    data.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate = sub.add_parser("eval", help="FID/KID and more for a run over samplers and step counts", add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("presets", help="list the training presets")
+    return parser
+
+
+def resolve_train_config(args: argparse.Namespace):
+    """(config, run folder, checkpoint to resume or None) from the train flags."""
+    from .config import RunConfig, load_preset
+    from .training.checkpoint import CHECKPOINT_DIR, resolve_checkpoint
+
+    resume_path = None
+    if args.resume is not None:
+        if args.resume == "latest":
+            run_dir = args.out or Path("runs") / Path(args.preset).stem
+            resume_path = resolve_checkpoint(run_dir)
+        else:
+            resume_path = resolve_checkpoint(Path(args.resume))
+            run_dir = args.out or (resume_path.parent.parent if resume_path.parent.name == CHECKPOINT_DIR
+                                   else resume_path.parent)
+        config_file = resume_path.parent.parent / "config.yaml"
+        config = RunConfig.load(config_file) if config_file.exists() else load_preset(args.preset)
+    else:
+        config = load_preset(args.preset)
+        run_dir = args.out or Path("runs") / Path(args.preset).stem
+        from .training.checkpoint import list_checkpoints
+
+        if list_checkpoints(run_dir):
+            raise DdpmkitError(f"{run_dir} already holds a trained run; pass --resume to continue it "
+                               "or --out NEW_FOLDER to start another")
+    flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
+             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed}
+    assignments = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.steps is not None:
+        assignments += [f"train.steps={args.steps}", "train.epochs=null"]
+    if args.epochs is not None:
+        assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
+    config.override(assignments + list(args.overrides))
+    return config, Path(run_dir), resume_path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import Trainer
+
+    config, run_dir, resume_path = resolve_train_config(args)
+    trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
+    where = f"resuming {resume_path} at step {trainer.step}" if resume_path else "new run"
+    print(f"ddpmkit train: {config.data.name} on {trainer.device} ({config.train.precision}), "
+          f"{trainer.total_steps} steps, UNet {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M "
+          f"params -> {run_dir} ({where})", flush=True)
+    start = time.perf_counter()
+    trainer.fit()
+    print(f"trained in {time.perf_counter() - start:.0f} s; samples in {run_dir / 'samples'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .pipeline import Pipeline
+    from .viz import make_grid, save_gif, save_grid, to_uint8
+
+    pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights)
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",")]
+        except ValueError:
+            raise DdpmkitError(f"--labels expects comma-separated integers, got '{args.labels}'") from None
+    frames = []
+    callback = None
+    if args.gif:
+        if args.num > args.batch_size:
+            raise DdpmkitError("--gif records one batch: use --num no larger than --batch-size")
+        callback = lambda i, t, x, x0: frames.append(make_grid(to_uint8(x.clamp(-1, 1).cpu())))
+    start = time.perf_counter()
+    images = pipe.generate(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                           labels=labels, guidance=args.guidance, batch_size=args.batch_size, progress=True,
+                           callback=callback)
+    seconds = time.perf_counter() - start
+    save_grid(images, args.out)
+    written = [str(args.out)]
+    if args.individual:
+        args.individual.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(args.individual / f"{i:05d}.png")
+        written.append(f"{len(images)} PNGs in {args.individual}")
+    if args.gif:
+        frames.append(make_grid(images))
+        gif = args.out.with_suffix(".gif")
+        save_gif(frames, gif)
+        written.append(str(gif))
+    print(f"{args.num} images ({args.sampler}, {args.steps or 'default'} steps) in {seconds:.1f} s "
+          f"({args.num / seconds:.1f} images/s) from {pipe.checkpoint}; wrote {', '.join(written)}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import list_presets
+
+    print("\n".join(list_presets()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "sample":
+            return cmd_sample(args)
+        if args.command == "data":
+            from .data import data_main
+
+            return data_main(args.rest)
+        if args.command == "eval":
+            from .eval.cli import eval_main
+
+            return eval_main(args.rest)
+        return cmd_presets(args)
+    except DdpmkitError as exc:
+        print(f"ddpmkit: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ddpmkit: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

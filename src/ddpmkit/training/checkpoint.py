@@ -1,0 +1,175 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+A checkpoint is a folder ``checkpoints/step_0001234/`` holding
+
+    model.safetensors       the trained weights
+    ema.safetensors         the EMA weights (used for all sampling)
+    optimizer.safetensors   the optimizer's per-parameter state tensors
+    rng.safetensors         torch RNG states (global CPU, CUDA, and the trainer's generator)
+    state.json              step, epoch, data-loader position, optimizer hyper-parameters, config, versions
+
+It is written into a temporary folder beside the final one, every file fsynced, then renamed into place in one
+step: a crash, a SIGKILL or a full disk leaves the previous checkpoints untouched and at worst a ``.tmp-*``
+folder that loading ignores. Nothing is unpickled: safetensors holds raw tensors, JSON the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import DdpmkitError
+
+CHECKPOINT_DIR = "checkpoints"
+STEP_PATTERN = re.compile(r"^step_(\d+)$")
+FORMAT = "ddpmkit-checkpoint-v1"
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file in the same folder, fsync it, and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-safe hyper-parameters."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+                    keep: int | None = None) -> Path:
+    """Write ``checkpoints/step_{step}`` atomically; then prune to the newest ``keep`` checkpoints."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:07d}-"))
+    try:
+        for name, group in tensors.items():
+            _save_tensors(group, tmp / f"{name}.safetensors")
+        payload = json.dumps({"format": FORMAT, "step": step, **state}, indent=1)
+        with open(tmp / "state.json", "w") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder from a run folder (its newest), a checkpoints/ folder, or a checkpoint folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise DdpmkitError(f"{path} does not exist; pass a run folder or a checkpoint folder")
+    if (path / "state.json").is_file():
+        return path
+    run_dir = path.parent if path.name == CHECKPOINT_DIR else path
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise DdpmkitError(f"no checkpoint found in {path}; train first, or pass a run folder that has checkpoints/")
+    return checkpoints[-1]
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Read a checkpoint folder: ({'model': …, 'ema': …, …}, state). Truncated or foreign files are refused."""
+    path = resolve_checkpoint(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DdpmkitError(f"{path} is not a readable checkpoint (state.json: {exc}); use an earlier one") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DdpmkitError(f"{path} is not a ddpmkit checkpoint (format {state.get('format')!r}, want {FORMAT})")
+    tensors = {}
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            tensors[file.stem] = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DdpmkitError(f"{file} is truncated or corrupt ({exc}); resume from an earlier checkpoint") from exc
+    if "model" not in tensors and "ema" not in tensors:
+        raise DdpmkitError(f"{path} holds no model weights (model.safetensors / ema.safetensors)")
+    return tensors, state
