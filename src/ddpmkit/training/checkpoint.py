@@ -145,7 +145,7 @@ def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder from a run folder (its newest), a checkpoints/ folder, or a checkpoint folder itself."""
     path = Path(path)
     if not path.exists():
-        raise DdpmkitError(f"{path} does not exist; pass a run folder or a checkpoint folder")
+        raise DdpmkitError(f"no checkpoint found: {path} does not exist; pass a run folder or a checkpoint folder")
     if (path / "state.json").is_file():
         return path
     run_dir = path.parent if path.name == CHECKPOINT_DIR else path

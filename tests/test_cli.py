@@ -1,0 +1,128 @@
+"""The command line end to end on tiny data, and every bad input: one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpmkit.cli import main
+from ddpmkit.pipeline import Pipeline
+
+pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
+
+FAST = ["--preset", "tiny", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *FAST, "--out", str(run), "--steps", "6", "--set", "train.sample_every=3"]) == 0
+    return run
+
+
+def run_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("ddpmkit: error: "), err
+    return err
+
+
+def test_train_writes_a_complete_run(trained_run):
+    for name in ["config.yaml", "metrics.jsonl", "metrics.csv", "loss_curve.png", "loss_by_timestep.png",
+                 "summary.json", "samples/step_0000003.png", "samples/step_0000006.png", "samples/latest.png"]:
+        assert (trained_run / name).exists(), name
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 6]  # tiny preset logs every 5 steps, and at the end
+    assert {"loss", "lr", "grad_norm", "images_per_s"} <= set(rows[0])
+    assert any(k.startswith("loss_t") for k in rows[0])
+
+
+def test_sample_writes_grid_individual_images_and_gif(trained_run, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code = main(["sample", str(trained_run), "--num", "4", "--steps", "3", "--out", str(out), "--individual",
+                 str(tmp_path / "each"), "--gif", "--device", "cpu", "--precision", "fp32"])
+    assert code == 0
+    assert "images/s" in capsys.readouterr().out
+    assert out.exists() and (tmp_path / "grid.gif").exists()
+    singles = sorted((tmp_path / "each").glob("*.png"))
+    assert len(singles) == 4
+    pipe = Pipeline.from_run(trained_run, device="cpu", precision="fp32")
+    again = pipe.generate(4, sampler="ddim", steps=3, seed=0)
+    assert np.array_equal(np.asarray(Image.open(singles[2])), again[2, :, :, 0])
+    gif = Image.open(tmp_path / "grid.gif")
+    assert gif.n_frames >= 2
+
+
+def test_resume_continues_the_run(trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    assert main(["train", "--resume", str(copy), "--steps", "8", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 8 and (copy / "checkpoints" / "step_0000008").is_dir()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", *FAST, "--data", "imagenet"], "imagenet"),
+    (["train", *FAST, "--set", "train.learning_rate=1"], "unknown config key 'train.learning_rate'"),
+    (["train", *FAST, "--set", "train.lr=fast"], "train.lr expects a number"),
+    (["train", *FAST, "--set", "train.steps=2.5"], "train.steps expects an integer"),
+    (["train", *FAST, "--set", "lr"], "expects key=value"),
+    (["train", *FAST, "--precision", "fp16", "--steps", "1"], "fp16 training needs a GPU"),
+])
+def test_bad_train_input(capsys, tmp_path, argv, message):
+    err = run_error(capsys, [*argv, "--out", str(tmp_path / "r")])
+    assert message in err
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    err = run_error(capsys, ["train", *FAST, "--out", str(tmp_path / "empty"), "--resume"])
+    assert "no checkpoint found" in err
+
+
+def test_existing_run_is_not_overwritten(capsys, trained_run):
+    err = run_error(capsys, ["train", *FAST, "--out", str(trained_run)])
+    assert "already holds a trained run" in err and "--resume" in err
+
+
+def test_incompatible_config_on_resume(capsys, trained_run, tmp_path):
+    err = run_error(capsys, ["train", "--resume", str(trained_run), "--out", str(tmp_path / "x"),
+                             "--set", "model.base_channels=16", "--no-progress"])
+    assert "another model config" in err
+
+
+def test_truncated_and_foreign_checkpoints(capsys, trained_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    newest = sorted((broken / "checkpoints").iterdir())[-1]
+    weights = newest / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert "truncated or corrupt" in run_error(capsys, ["sample", str(broken), "--num", "1"])
+    (newest / "state.json").write_text(json.dumps({"format": "someone-elses", "step": 1}))
+    assert "not a ddpmkit checkpoint" in run_error(capsys, ["sample", str(newest), "--num", "1"])
+    (newest / "state.json").write_text("{not json")
+    assert "not a readable checkpoint" in run_error(capsys, ["sample", str(newest), "--num", "1"])
+
+
+def test_bad_data_paths(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "empty" in run_error(capsys, ["train", *FAST, "--data", f"folder:{tmp_path / 'empty'}",
+                                         "--out", str(tmp_path / "r")]).lower()
+    (tmp_path / "notcifar").mkdir()
+    (tmp_path / "notcifar" / "readme.txt").write_text("hello")
+    err = run_error(capsys, ["train", *FAST, "--data", f"cifar10:{tmp_path / 'notcifar'}",
+                             "--out", str(tmp_path / "r2")])
+    assert "cifar" in err.lower()
+
+
+def test_sample_bad_labels(capsys, trained_run):
+    assert "unconditional" in run_error(capsys, ["sample", str(trained_run), "--labels", "1,2", "--num", "2"])
+    assert "no checkpoint found" in run_error(capsys, ["sample", str(trained_run / "samples"), "--num", "1"])
