@@ -1,9 +1,7 @@
 """UNet building blocks: time embedding, fused GroupNorm(+FiLM)+SiLU, residual block, attention, resampling.
 
-Layout: the UNet runs its convolutions in ``torch.channels_last`` (NHWC) memory format, which makes the
-small-channel convolutions of a CPU-sized diffusion model ~2.5x faster on AVX-512 (measured, DESIGN.md).
-PyTorch's own GroupNorm is very slow on channels_last bf16 tensors, so :func:`group_norm_act` computes
-the norm itself in whatever layout it is handed (see its docstring).
+Speed notes (measured, see benchmarks/results/unet.md): the norm + FiLM + SiLU of every ResBlock is
+``F.group_norm`` followed by one ``addcmul`` and an in-place SiLU (:func:`group_norm_act`).
 """
 
 from __future__ import annotations
@@ -44,41 +42,29 @@ def group_norm_act(
     act: bool = True,
     eps: float = 1e-5,
 ) -> Tensor:
-    """GroupNorm, optional FiLM, optional SiLU, as one statistics pass and one fused multiply-add.
+    """GroupNorm, optional FiLM, optional SiLU with the per-channel affine and the FiLM folded into one op.
 
-    ``y = silu( (x - mu_g) / sqrt(var_g + eps) * gamma * (1 + scale) + beta * (1 + scale) + shift )``
+    ``y = silu( GN(x) * gamma * (1 + scale) + beta * (1 + scale) + shift )``
+    ``  = silu( GroupNorm(x; gamma, beta) * (1 + scale) + shift )``
 
-    which is ``GroupNorm(x) * (1 + scale) + shift`` (adaptive GroupNorm, Dhariwal & Nichol 2021, sec. 3).
-    Everything except ``x`` is per (sample, channel), so it folds into ``y = x * a + b`` with ``a, b`` of
-    shape (B, C, 1, 1): one ``addcmul`` over the activation instead of normalise / affine / scale / shift.
-    Statistics are reduced in float32 directly over the layout ``x`` arrives in (NHWC viewed as
-    (B, HW, G, C/G), or NCHW viewed as (B, G, C/G*HW)), so no layout conversion is made; the output keeps
-    ``x``'s dtype and memory format.
+    (adaptive GroupNorm, Dhariwal & Nichol 2021, sec. 3). Everything but the normalised activation is per
+    (sample, channel), so it folds into ``y = GN(x) * a + b`` with ``a, b`` of shape (B, C, 1, 1): one
+    ``addcmul`` instead of affine, scale and shift passes over the activation.
     """
-    B, C, H, W = x.shape
-    G = num_groups
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        xs = x.permute(0, 2, 3, 1).reshape(B, H * W, G, C // G)  # a view: NHWC memory
-        dims = (1, 3)
+    if scale is None and shift is None:
+        y = F.group_norm(x, num_groups, weight, bias, eps)
     else:
-        xs = x.reshape(B, G, -1)
-        dims = (2,)
-    # fp32 statistics without a full fp32 copy of x: var_mean accumulates reduced-precision input in fp32
-    var, mean = torch.var_mean(xs, dim=dims, correction=0)
-    rstd = torch.rsqrt(var.float() + eps)  # (B, G)
-    rstd = rstd.repeat_interleave(C // G, dim=1)  # (B, C)
-    mean = mean.float().repeat_interleave(C // G, dim=1)
-    a = weight.float() * rstd  # (B, C)
-    b = bias.float() - mean * a
-    if scale is not None:
-        a = a * (1 + scale.float())
-        b = b * (1 + scale.float())
-    if shift is not None:
-        b = b + shift.float()
-    # cast the tiny (B, C) coefficients, not the activation: the output stays in x's dtype
-    y = torch.addcmul(b.to(x.dtype).view(B, C, 1, 1), x, a.to(x.dtype).view(B, C, 1, 1))
+        B, C = x.shape[:2]
+        y = F.group_norm(x, num_groups, None, None, eps)  # no affine: it is folded into a, b below
+        one_plus = 1 + scale.float() if scale is not None else torch.ones_like(weight, dtype=torch.float32)
+        a = weight.float() * one_plus  # (B, C)
+        b = bias.float() * one_plus
+        if shift is not None:
+            b = b + shift.float()
+        # cast the tiny (B, C) coefficients, not the activation, so no full-size dtype copy is made
+        y = torch.addcmul(b.to(y.dtype).view(B, C, 1, 1), y, a.to(y.dtype).view(B, C, 1, 1))
     if act:
-        y = F.silu(y, inplace=True)  # in place: y is a fresh tensor not saved by addcmul's backward
+        y = F.silu(y, inplace=True)  # in place: y is a fresh tensor that no backward needs
     return y
 
 
