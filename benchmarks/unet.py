@@ -1,0 +1,211 @@
+"""Speed of ddpmkit's UNet against diffusers' UNet2DModel configured alike (CPU).
+
+For an MNIST-sized and a CIFAR-sized configuration, in fp32 and bf16 autocast:
+training images/s (forward, MSE, backward, AdamW step) and inference images/s (no_grad forward).
+Our and diffusers' timings are interleaved (alternating which goes first) and the median of the repeats
+is reported, because the machine is shared and noisy; the ratio ours/diffusers is what to read.
+
+    .venv/bin/python benchmarks/unet.py            # default run, ~3-6 minutes on 2 cores
+    .venv/bin/python benchmarks/unet.py --quick    # fewer repeats, smaller batches: a smoke test
+
+Writes benchmarks/results/unet.md (the table) and benchmarks/results/unet.json.
+diffusers is a benchmark-only extra (``pip install ddpmkit[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpmkit.models import UNet, UNetConfig
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def configs(quick: bool) -> dict[str, dict]:
+    """Two configurations, each as (ours, diffusers kwargs), alike in every architectural choice."""
+    mnist = UNetConfig(image_size=32, in_channels=1, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=2,
+                       attention_resolutions=(8,), num_heads=4, norm_groups=32)
+    cifar = UNetConfig(image_size=32, in_channels=3, base_channels=64, channel_mults=(1, 2, 2, 2),
+                       num_res_blocks=2, attention_resolutions=(16,), num_heads=4, norm_groups=32)
+    return {
+        "mnist-sized (32x32x1, base 32, mults 1,2,4, attn 8x8)": dict(
+            ours=mnist, train_batch=32 if quick else 64, infer_batch=64 if quick else 128,
+            diffusers=dict(
+                sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128), layers_per_block=2,
+                down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                attention_head_dim=32, norm_num_groups=32, resnet_time_scale_shift="scale_shift",
+            ),
+        ),
+        "cifar-sized (32x32x3, base 64, mults 1,2,2,2, attn 16x16)": dict(
+            ours=cifar, train_batch=16 if quick else 32, infer_batch=32 if quick else 64,
+            diffusers=dict(
+                sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128, 128),
+                layers_per_block=2,
+                down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=32, norm_num_groups=32, resnet_time_scale_shift="scale_shift",
+            ),
+        ),
+    }
+
+
+class _Diffusers(torch.nn.Module):
+    """diffusers' UNet2DModel with our call signature (returns the tensor, not a dataclass)."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.net = UNet2DModel(**kw)
+
+    def forward(self, x, t):
+        return self.net(x, t).sample
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """Forward FLOPs of one image (torch.utils.flop_counter counts convs, matmuls, attention)."""
+    x, t = torch.randn(1, *shape[1:]), torch.tensor([500])
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, t)
+    return fc.get_total_flops()
+
+
+def make_step(model, batch: int, shape, train: bool, bf16: bool):
+    """A closure running one training step (or one inference forward) on fixed random data."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape[1:], generator=g)
+    noise = torch.randn(batch, *shape[1:], generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    if train:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # same optimizer for both models
+
+        def step():
+            with autocast():
+                loss = F.mse_loss(model(x, t).float(), noise)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast():
+                model(x, t)
+    return step
+
+
+def time_pair(step_a, step_b, repeats: int, min_time: float) -> tuple[float, float]:
+    """Median seconds per call of two closures, alternating A/B (and which goes first) every repeat."""
+    for s in (step_a, step_b):  # warm-up: allocator, oneDNN primitive caches, optimizer state
+        s()
+        s()
+    # calls per repeat so one repeat of the slower of the two lasts about min_time
+    t0 = time.perf_counter()
+    step_a()
+    step_b()
+    per = (time.perf_counter() - t0) / 2
+    n = max(1, round(min_time / per))
+    ta, tb = [], []
+    for r in range(repeats):
+        order = [(step_a, ta), (step_b, tb)] if r % 2 == 0 else [(step_b, tb), (step_a, ta)]
+        for s, out in order:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                s()
+            out.append((time.perf_counter() - t0) / n)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def run(quick: bool, repeats: int, min_time: float, only: str | None) -> dict:
+    torch.manual_seed(0)
+    rows, models_info = [], {}
+    for name, c in configs(quick).items():
+        if only and only not in name:
+            continue
+        ours = UNet(c["ours"])
+        theirs = _Diffusers(**c["diffusers"])
+        shape = (1, c["ours"].in_channels, c["ours"].image_size, c["ours"].image_size)
+        info = dict(ours_params=n_params(ours), diffusers_params=n_params(theirs),
+                    ours_gflops=forward_flops(ours, shape) / 1e9, diffusers_gflops=forward_flops(theirs, shape) / 1e9,
+                    ours_config=c["ours"].to_dict(), diffusers_config=c["diffusers"])
+        models_info[name] = info
+        print(f"\n{name}: params ours {info['ours_params']:,} / diffusers {info['diffusers_params']:,}; "
+              f"forward GFLOPs/image ours {info['ours_gflops']:.3f} / diffusers {info['diffusers_gflops']:.3f}")
+        for precision in ("fp32", "bf16"):
+            for mode, batch in (("train", c["train_batch"]), ("inference", c["infer_batch"])):
+                sa = make_step(ours, batch, shape, mode == "train", precision == "bf16")
+                sb = make_step(theirs, batch, shape, mode == "train", precision == "bf16")
+                ta, tb = time_pair(sa, sb, repeats, min_time)
+                row = dict(config=name, precision=precision, mode=mode, batch=batch,
+                           ours_img_s=batch / ta, diffusers_img_s=batch / tb, ratio=tb / ta)
+                rows.append(row)
+                print(f"  {precision:4s} {mode:9s} batch {batch:3d}: ours {row['ours_img_s']:7.1f} img/s, "
+                      f"diffusers {row['diffusers_img_s']:7.1f} img/s, ratio {row['ratio']:.2f}", flush=True)
+        del ours, theirs
+    return dict(rows=rows, models=models_info)
+
+
+def markdown(result: dict, env: dict) -> str:
+    lines = ["# UNet speed: ddpmkit vs diffusers UNet2DModel (CPU)", "",
+             f"torch {env['torch']}, diffusers {env['diffusers']}, {env['threads']} threads, {env['cpu']}; "
+             f"command: `{env['command']}`; load before run: {env['load']}", "",
+             "| config | params ours / diffusers | fwd GFLOPs/img ours / diffusers |", "|---|---|---|"]
+    for name, i in result["models"].items():
+        lines.append(f"| {name} | {i['ours_params'] / 1e6:.2f}M / {i['diffusers_params'] / 1e6:.2f}M | "
+                     f"{i['ours_gflops']:.3f} / {i['diffusers_gflops']:.3f} |")
+    lines += ["", "| config | precision | mode | batch | ours img/s | diffusers img/s | ours/diffusers |",
+              "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | {r['precision']} | {r['mode']} | {r['batch']} | {r['ours_img_s']:.1f} | "
+                     f"{r['diffusers_img_s']:.1f} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 repeats, half batches: a smoke test (~1 minute)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats per row (default 5)")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds per repeat (default 1.0)")
+    ap.add_argument("--only", default=None, help="run only configs whose name contains this string")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results")
+    args = ap.parse_args()
+    repeats = args.repeats or (2 if args.quick else 5)
+    min_time = args.min_time or (0.3 if args.quick else 1.0)
+    import diffusers
+
+    env = dict(torch=torch.__version__, diffusers=diffusers.__version__, threads=torch.get_num_threads(),
+               cpu=f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})",
+               load=" ".join(f"{v:.2f}" for v in os.getloadavg()),
+               command="python benchmarks/unet.py" + (" --quick" if args.quick else ""))
+    t0 = time.perf_counter()
+    result = run(args.quick, repeats, min_time, args.only)
+    env["seconds"] = round(time.perf_counter() - t0, 1)
+    md = markdown(result, env)
+    print("\n" + md)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "unet.md").write_text(md)
+        (RESULTS / "unet.json").write_text(json.dumps({"env": env, **result}, indent=2))
+        print(f"wrote {RESULTS / 'unet.md'} and {RESULTS / 'unet.json'} ({env['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
