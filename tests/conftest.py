@@ -22,6 +22,11 @@ def require_cached(present: bool | Path | str, what: str) -> None:
     pytest.skip(message)
 
 
+# Tests run tiny models, where a second thread buys nothing, and PyTorch's OpenMP barriers stall badly when another
+# process holds the other core (measured here: a tiny UNet step 64 ms on 1 thread, 5 s on 2 under load).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)

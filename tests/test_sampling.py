@@ -33,7 +33,7 @@ def exact_ode_map(diffusion, x_T):
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_ddpm_oracle_matches_data_distribution(kind):
     d = Diffusion(NoiseSchedule.from_name(kind, 1000), variance="fixed_large")
-    n = 40_000
+    n = 20_000
     g = torch.Generator().manual_seed(1)
     out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64), generator=g,
                clip_denoised=False)
@@ -45,7 +45,7 @@ def test_ddpm_oracle_matches_data_distribution(kind):
 def test_ddpm_fixed_small_oracle_within_its_small_bias():
     """β̃_t is the lower bound on the reverse variance: measured σ bias ≈ -1% (linear, T = 1000)."""
     d = Diffusion(NoiseSchedule.linear(1000), variance="fixed_small")
-    n = 40_000
+    n = 20_000
     g = torch.Generator().manual_seed(2)
     out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64), generator=g,
                clip_denoised=False)
