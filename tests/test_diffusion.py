@@ -73,7 +73,7 @@ def test_posterior_mean_matches_bayes_formula():
     t = torch.tensor([1, 10, 500, 999])
     mean, var, logvar = d.q_posterior(x0, x_t, t)
     for i, ti in enumerate(t.tolist()):
-        a_t, a_prev, b = s.alphas_cumprod[ti], s.alphas_cumprod[ti - 1], s.betas[ti]
+        a_prev, b = s.alphas_cumprod[ti - 1], s.betas[ti]
         # product of Gaussians: q(x_t|x_{t-1}) q(x_{t-1}|x_0)
         precision = (1 - b) / b + 1 / (1 - a_prev)
         expected_mean = ((1 - b).sqrt() / b * x_t[i] + a_prev.sqrt() / (1 - a_prev) * x0[i]) / precision
