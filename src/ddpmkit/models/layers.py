@@ -50,6 +50,8 @@ def group_norm_act(
     (adaptive GroupNorm, Dhariwal & Nichol 2021, sec. 3). Everything but the normalised activation is per
     (sample, channel), so it folds into ``y = GN(x) * a + b`` with ``a, b`` of shape (B, C, 1, 1): one
     ``addcmul`` instead of affine, scale and shift passes over the activation.
+    Measured (MNIST-sized UNet, 2 cores): 1.2-1.9x faster end to end than computing fp32 statistics
+    ourselves with ``var_mean`` over the channels_last view (benchmarks/results/unet.md).
     """
     if scale is None and shift is None:
         y = F.group_norm(x, num_groups, weight, bias, eps)
