@@ -39,7 +39,8 @@ def test_sigmoid_range_and_shape():
     s = NoiseSchedule.sigmoid(500, beta_start=1e-4, beta_end=0.02)
     assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
     mid = torch.sigmoid(torch.tensor(0.0, dtype=torch.float64))
-    lo, hi = torch.sigmoid(torch.tensor(-6.0, dtype=torch.float64)), torch.sigmoid(torch.tensor(6.0, dtype=torch.float64))
+    lo = torch.sigmoid(torch.tensor(-6.0, dtype=torch.float64))
+    hi = torch.sigmoid(torch.tensor(6.0, dtype=torch.float64))
     # the midpoint of an even-length linspace(-6, 6) sits between two points; check monotone and symmetric
     assert bool((s.betas[1:] > s.betas[:-1]).all())
     rescaled_mid = (mid - lo) / (hi - lo) * (0.02 - 1e-4) + 1e-4

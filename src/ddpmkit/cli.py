@@ -25,7 +25,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--epochs", type=float, help="passes over the data")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -48,7 +48,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gif", action="store_true", help="also write the denoising progression as <out>.gif")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
 
 
@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, run_dir, resume_path = resolve_train_config(args)
     trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
     where = f"resuming {resume_path} at step {trainer.step}" if resume_path else "new run"
-    print(f"ddpmkit train: {config.data.name} on {trainer.device} ({config.train.precision}), "
+    print(f"ddpmkit train: {config.data.name} on {trainer.device} ({trainer.precision}), "
           f"{trainer.total_steps} steps, UNet {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M "
           f"params -> {run_dir} ({where})", flush=True)
     start = time.perf_counter()

@@ -58,7 +58,7 @@ class TrainConfig:
     grad_accum: int = 1                  # micro-batches per optimizer step
     ema_decay: float = 0.9999
     ema_warmup: bool = True              # decay_t = min(ema_decay, (1 + t)/(10 + t)) early on
-    precision: str = "bf16"              # bf16 (autocast), fp16 (CUDA, GradScaler) or fp32
+    precision: str = "auto"              # auto (bf16 where native, else fp32), bf16, fp16 (GPU, GradScaler), fp32
     seed: int = 0
     device: str = "auto"                 # auto (cuda, then mps, then cpu), cpu, cuda, mps
     log_every: int = 25                  # steps between metric lines
@@ -210,6 +210,11 @@ def _coerce(value: Any, annotation: Any, shown: str) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise DdpmkitError(f"{shown} expects a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):

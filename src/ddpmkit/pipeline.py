@@ -34,7 +34,7 @@ class Pipeline:
         self.checkpoint, self.step = checkpoint, step
 
     @classmethod
-    def from_run(cls, path: str | Path, device: str = "auto", precision: str = "bf16",
+    def from_run(cls, path: str | Path, device: str = "auto", precision: str = "auto",
                  weights: str = "ema") -> Pipeline:
         """From a run folder (its newest checkpoint) or a checkpoint folder; ``weights`` is "ema" or "model"."""
         folder = resolve_checkpoint(Path(path))
@@ -47,8 +47,6 @@ class Pipeline:
         except KeyError as exc:
             raise DdpmkitError(f"{folder}/state.json lacks {exc}; it is not a complete ddpmkit checkpoint") from exc
         torch_device = select_device(device)
-        if precision == "bf16" and torch_device.type == "mps":
-            precision = "fp32"
         model = UNet(unet_config)
         try:
             model.load_state_dict(tensors[weights])

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"),
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="precision of the diffusion model while sampling")
     return p
 

@@ -22,7 +22,7 @@ from ..sampling import sample
 from ..schedule import NoiseSchedule
 from ..viz import make_grid, save_grid, to_uint8
 from . import checkpoint as ckpt
-from .device import autocast, autocast_dtype, select_device
+from .device import autocast, autocast_dtype, resolve_precision, select_device
 from .ema import EMA
 from .lr import lr_at
 from .metrics import MetricsLogger, read_metrics
@@ -68,7 +68,8 @@ class Trainer:
         if tc.grad_accum < 1 or tc.batch_size < 1:
             raise DdpmkitError("batch_size and grad_accum must be at least 1")
         self.device = select_device(tc.device)
-        self.amp_dtype = autocast_dtype(tc.precision, self.device)
+        self.precision = resolve_precision(tc.precision, self.device)
+        self.amp_dtype = autocast_dtype(self.precision, self.device)
 
         resume_tensors, resume_state = (None, None)
         if resume is not None:
