@@ -176,3 +176,16 @@ def test_gradient_accumulation_counts_images_not_micro_batches(tmp_path):
     assert big.steps_per_epoch == small.steps_per_epoch == 2
     small.fit()
     assert small.loader.state_dict()["position"] == 2  # one optimizer step consumed two micro-batches
+
+
+def test_tensorboard_receives_scalars_and_sample_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(4, tensorboard=True, sample_every=4)
+    Trainer(config, tmp_path / "run", data=tiny_data(), progress=False).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss", "lr", "grad_norm", "images_per_s"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert "samples" in tags["images"]

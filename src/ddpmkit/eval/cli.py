@@ -81,6 +81,14 @@ def eval_main(argv: list[str]) -> int:
     if unknown:
         raise DdpmkitError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
 
+    T = pipe.diffusion.num_steps
+    settings = []
+    for sampler in samplers:
+        for n in steps:
+            if n > T:
+                raise DdpmkitError(f"--steps {n} exceeds the model's T = {T}")
+            settings.append({"sampler": sampler, "steps": n})
+
     def load_reference(extractor):
         try:
             return reference_stats(data_name, extractor, split=args.ref_split, num=args.ref_num,
@@ -101,7 +109,6 @@ def eval_main(argv: list[str]) -> int:
             references["classifier"] = load_reference(classifier)
 
     num_classes = pipe.model.config.num_classes
-    T = pipe.diffusion.num_steps
 
     def generate(num: int, sampler: str, n_steps: int, seed: int):
         labels = (np.arange(num) % num_classes) if num_classes else None
@@ -110,12 +117,6 @@ def eval_main(argv: list[str]) -> int:
                                progress=True)
         return {"images": images, "nfe": n_steps, "labels": labels}
 
-    settings = []
-    for sampler in samplers:
-        for n in steps:
-            if n > T:
-                raise DdpmkitError(f"--steps {n} exceeds the model's T = {T}")
-            settings.append({"sampler": sampler, "steps": n})
     rows = run_sweep(generate, settings, args.num, references, metrics, seed=args.seed, inception=inception,
                      classifier=classifier)
     run_dir = Path(args.run)
