@@ -189,3 +189,20 @@ def test_tensorboard_receives_scalars_and_sample_grids(tmp_path):
     assert {"loss", "lr", "grad_norm", "images_per_s"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
     assert "samples" in tags["images"]
+
+
+def test_fid_during_training_is_logged_with_its_n(tmp_path):
+    from conftest import require_cached
+
+    from ddpmkit.eval.classifier import classifier_is_cached
+    from ddpmkit.training.metrics import read_metrics
+
+    pytest.importorskip("sklearn")
+    require_cached(classifier_is_cached(), "MNIST classifier weights")
+    config = tiny_config(4, fid_every=2, fid_num=8, fid_ref_num=20, fid_features="classifier")
+    config.override(["data.name=digits", "data.image_size=8"])
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "fid_classifier" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["fid_classifier"] > 0 and r["fid_classifier_num"] == 8 and r["fid_classifier_ref_num"] == 20
+               for r in rows)

@@ -71,6 +71,10 @@ class TrainConfig:
     sample_steps: int = 50
     sample_seed: int = 0                 # fixed, so grids are comparable across time
     tensorboard: bool = True
+    fid_every: int | None = None         # steps between FIDs of EMA samples during training (None: off)
+    fid_num: int = 256                   # samples per FID during training (report N: small N inflates FID)
+    fid_ref_num: int = 2000              # reference images (statistics cached once)
+    fid_features: str = "inception"      # inception (standard FID) or classifier (MNIST classifier, fast)
 
 
 @dataclass

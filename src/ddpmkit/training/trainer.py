@@ -100,6 +100,7 @@ class Trainer:
         config.save(self.run_dir / "config.yaml")
         self.logger = MetricsLogger(self.run_dir, tc.tensorboard, resume_step=self.step if resume else None)
         self._buckets = torch.zeros(2, TIMESTEP_BUCKETS, dtype=torch.float64)
+        self._fid_extractor, self._fid_reference = None, None
 
     # ----- setup and state ----------------------------------------------------------------------------------
 
@@ -221,6 +222,8 @@ class Trainer:
                     self._buckets.zero_()
                 if self.step % sample_every == 0 or self.step == self.total_steps:
                     self.sample_grid()
+                if tc.fid_every and (self.step % tc.fid_every == 0 or self.step == self.total_steps):
+                    self.logger.log(self.step, **self.measure_fid())
                 if self.step % checkpoint_every == 0 or last:
                     self.save_checkpoint()
                     window_start = time.perf_counter()  # do not count grid/checkpoint time against images/s
@@ -238,6 +241,34 @@ class Trainer:
         if self.progress and self.step >= self.total_steps:
             print(f"done: {self.step} steps; {format_summary(summary)}; run folder {self.run_dir}")
         return TrainResult(self.run_dir, self.step, loss, summary)
+
+    @torch.no_grad()
+    def measure_fid(self) -> dict[str, float]:
+        """FID of ``fid_num`` EMA samples (the grid's sampler) against cached reference statistics of the data."""
+        from ..eval import MnistClassifier, reference_stats
+        from ..eval.inception import InceptionFeatures
+
+        tc = self.config.train
+        if self._fid_extractor is None:
+            if tc.fid_features not in ("inception", "classifier"):
+                raise DdpmkitError(f"train.fid_features must be inception or classifier, not '{tc.fid_features}'")
+            self._fid_extractor = MnistClassifier() if tc.fid_features == "classifier" else InceptionFeatures()
+            try:
+                self._fid_reference = reference_stats(self.config.data.name, self._fid_extractor, split="test",
+                                                      num=tc.fid_ref_num, image_size=self.config.data.image_size)
+            except DdpmkitError:  # no test split: the training images are the reference
+                self._fid_reference = reference_stats(self.config.data.name, self._fid_extractor, split="train",
+                                                      num=min(tc.fid_ref_num, len(self.data)),
+                                                      image_size=self.config.data.image_size)
+        shape = (tc.fid_num, self.unet_config.in_channels, self.unet_config.image_size, self.unet_config.image_size)
+        labels = (torch.arange(tc.fid_num) % self.unet_config.num_classes) if self.unet_config.num_classes else None
+        images = sample(self.ema.model, self.diffusion, shape, sampler=tc.sample_sampler, steps=tc.sample_steps,
+                        labels=labels, generator=torch.Generator().manual_seed(tc.sample_seed + 1),
+                        device=self.device, autocast_dtype=self.amp_dtype)
+        features = self._fid_extractor(to_uint8(images.cpu()), progress=False)
+        name = "fid" if tc.fid_features == "inception" else "fid_classifier"
+        return {name: self._fid_reference.fid(features), f"{name}_num": tc.fid_num,
+                f"{name}_ref_num": self._fid_reference.n}
 
     @torch.no_grad()
     def sample_grid(self) -> Path:
