@@ -102,6 +102,7 @@ def resolve_train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import Trainer
+    from .training.plots import format_summary
 
     config, run_dir, resume_path = resolve_train_config(args)
     trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
@@ -110,8 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{trainer.total_steps} steps, UNet {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M "
           f"params -> {run_dir} ({where})", flush=True)
     start = time.perf_counter()
-    trainer.fit()
-    print(f"trained in {time.perf_counter() - start:.0f} s; samples in {run_dir / 'samples'}")
+    result = trainer.fit()
+    print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; {format_summary(result.summary)}")
+    print(f"samples: {run_dir / 'samples'}; loss curve: {run_dir / 'loss_curve.png'}; "
+          f"sample more with: ddpmkit sample {run_dir}")
     return 0
 
 

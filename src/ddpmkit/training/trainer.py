@@ -26,7 +26,7 @@ from .device import autocast, autocast_dtype, resolve_precision, select_device
 from .ema import EMA
 from .lr import lr_at
 from .metrics import MetricsLogger, read_metrics
-from .plots import convergence_summary, format_summary, plot_loss_by_timestep, plot_loss_curve
+from .plots import convergence_summary, plot_loss_by_timestep, plot_loss_curve
 
 TIMESTEP_BUCKETS = 10
 
@@ -238,8 +238,6 @@ class Trainer:
         summary = convergence_summary(rows)
         ckpt.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         self.logger.close()
-        if self.progress and self.step >= self.total_steps:
-            print(f"done: {self.step} steps; {format_summary(summary)}; run folder {self.run_dir}")
         return TrainResult(self.run_dir, self.step, loss, summary)
 
     @torch.no_grad()
