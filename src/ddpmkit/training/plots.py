@@ -60,7 +60,7 @@ def plot_loss_by_timestep(rows: list[dict[str, Any]], path: Path) -> Path | None
     for row, color in zip(chosen, colors):
         ax.plot(starts, [row.get(k, np.nan) for k in keys], marker="o", color=color, label=f"step {row['step']}")
     ax.set_xlabel("timestep t (bucket start)")
-    ax.set_ylabel("mean loss in bucket")
+    ax.set_ylabel("mean training loss in bucket (as weighted)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,0 +1,51 @@
+"""Every preset resolves, type-checks, and builds its model and diffusion for data of its shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddpmkit.config import RunConfig, list_presets, load_preset
+from ddpmkit.data import ImageArray
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.training import build_diffusion, build_unet_config
+
+SHAPES = {"mnist": (28, 1), "fashion-mnist": (28, 1), "pokemon": (64, 3), "emoji": (64, 3), "digits": (8, 1)}
+
+
+def fake_data(name: str, image_size: int | None) -> ImageArray:
+    key = name.split(":")[0]
+    size, channels = (32, 3) if key == "cifar10" else SHAPES[key]
+    size = image_size or size
+    return ImageArray(np.zeros((4, size, size, channels), np.uint8), np.zeros(4, np.int64), [], name)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_preset_builds(name):
+    config = load_preset(name)
+    again = RunConfig.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+    data = fake_data(config.data.name, config.data.image_size)
+    unet = build_unet_config(config, data)
+    diffusion = build_diffusion(config)
+    assert unet.image_size == data.image_size and unet.in_channels == data.channels
+    assert (config.train.steps is None) != (config.train.epochs is None)
+    assert diffusion.num_steps == config.diffusion.num_steps
+
+
+def test_paper_presets_follow_their_recipes():
+    cifar = load_preset("cifar10")
+    assert (cifar.train.lr, cifar.train.warmup_steps, cifar.train.batch_size, cifar.train.ema_decay) == \
+        (2e-4, 5000, 128, 0.9999)
+    assert build_unet_config(cifar, fake_data("cifar10:x", None)).dropout == 0.1
+    poke = load_preset("pokemon64")
+    assert (poke.train.lr, poke.train.warmup_steps, poke.train.batch_size, poke.train.grad_clip,
+            poke.train.ema_decay, poke.train.sample_every_epochs) == (2e-4, 500, 32, 1.0, 0.9999, 10)
+    unet = build_unet_config(poke, fake_data("pokemon", None))
+    assert unet.base_channels * unet.channel_mults[-1] == 512 and unet.num_heads == 4
+
+
+def test_unknown_model_override_is_a_clear_error():
+    config = load_preset("mnist").override(["model.not_a_field=3"])
+    with pytest.raises(DdpmkitError, match="not_a_field"):
+        build_unet_config(config, fake_data("mnist", None))
