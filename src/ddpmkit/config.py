@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import DdpmkitError
 
 
@@ -95,8 +96,6 @@ class RunConfig:
         return config
 
     def save(self, path: Path) -> None:
-        from .training.checkpoint import atomic_write_text
-
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
@@ -153,6 +152,12 @@ def _assign(config: RunConfig, section: str, values: Any, where: str) -> None:
     if not isinstance(values, dict):
         raise DdpmkitError(f"'{section}' in {where} must be a mapping of keys to values")
     for key, value in values.items():
+        if section == "model" and key == "overrides":
+            if not isinstance(value, dict):
+                raise DdpmkitError(f"model.overrides in {where} must be a mapping of UNet fields to values")
+            for name, item in value.items():
+                _assign_path(config, ["model", "overrides", name], item, f"model.{name}")
+            continue
         _assign_path(config, [section, key], value, f"{section}.{key}")
 
 
@@ -162,7 +167,7 @@ def _assign_path(config: RunConfig, parts: list[str], value: Any, shown: str) ->
         raise DdpmkitError(f"unknown config key '{shown}'; sections are {', '.join(_SECTIONS)}")
     target = getattr(config, section)
     if len(parts) >= 3 and section == "model" and parts[1] == "overrides":
-        target.overrides[".".join(parts[2:])] = value  # checked against UNetConfig when the model is built
+        target.overrides[parts[2]] = _unet_field(parts[2:], value, shown)
         return
     if len(parts) != 2:
         raise DdpmkitError(f"unknown config key '{shown}'")
@@ -173,6 +178,17 @@ def _assign_path(config: RunConfig, parts: list[str], value: Any, shown: str) ->
         )
     hints = typing.get_type_hints(type(target))
     setattr(target, parts[1], _coerce(value, hints[parts[1]], shown))
+
+
+def _unet_field(parts: list[str], value: Any, shown: str) -> Any:
+    """Check a model override against the UNetConfig field it sets."""
+    from .models import UNetConfig
+
+    hints = typing.get_type_hints(UNetConfig)
+    if len(parts) != 1 or parts[0] not in hints:
+        raise DdpmkitError(f"unknown config key '{shown}'; model keys are size, class_conditional and the UNet "
+                           f"fields: {', '.join(hints)}")
+    return _coerce(value, hints[parts[0]], shown)
 
 
 def _coerce(value: Any, annotation: Any, shown: str) -> Any:
@@ -193,7 +209,7 @@ def _coerce(value: Any, annotation: Any, shown: str) -> Any:
         raise DdpmkitError(errors[0] if errors else f"bad value for {shown}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise DdpmkitError(f"{shown} expects a list, got {value!r} (e.g. {shown}=[0.9,0.999])")
+            raise DdpmkitError(f"{shown} expects a list such as [1,2], got {value!r}")
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
         return tuple(_coerce(v, args[0] if len(args) == 1 or Ellipsis in typing.get_args(annotation)
                              else args[i], shown) for i, v in enumerate(value))

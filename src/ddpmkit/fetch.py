@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,14 +42,15 @@ def verify_sha256(path: Path, expected: str) -> Path:
     return path
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     except FileNotFoundError as exc:
         raise DdpmkitError(f"cannot fetch {what}: '{cmd[0]}' is not installed; install it and retry") from exc
     if result.returncode != 0:
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise DdpmkitError(f"fetching {what} failed ({' '.join(cmd[:3])} ...): {last[0]}")
+    return result
 
 
 def _fetch_into(dest: Path, sha256: str, what: str, download) -> Path:
@@ -97,22 +97,13 @@ def apt_download(package: str, filename: str, sha256: str) -> Path:
     def download(tmp: Path) -> Path:
         cmd = ["apt-get", "download", package]
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-        except FileNotFoundError as exc:
-            raise DdpmkitError(f"cannot fetch {package}: apt-get is not available on this machine") from exc
-        if result.returncode != 0:
+            _run(cmd, package, cwd=tmp)
+        except DdpmkitError:  # a new machine's package lists may be empty or stale: update once and retry
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
-            _run_in(cmd, package, tmp)
+            _run(cmd, package, cwd=tmp)
         return _single_file(tmp, package)
 
     return _fetch_into(dest, sha256, package, download)
-
-
-def _run_in(cmd: list[str], what: str, cwd: Path) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-    if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise DdpmkitError(f"fetching {what} failed: {last[0]}")
 
 
 def _single_file(folder: Path, what: str) -> Path:
@@ -120,15 +111,3 @@ def _single_file(folder: Path, what: str) -> Path:
     if len(files) != 1:
         raise DdpmkitError(f"fetching {what} produced {len(files)} files, expected one")
     return files[0]
-
-
-def copy_atomic(src: Path, dest: Path) -> Path:
-    """Copy ``src`` to ``dest`` through a temporary file in the same folder, then rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-        with open(src, "rb") as handle:
-            shutil.copyfileobj(handle, tmp)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, dest)
-    return dest

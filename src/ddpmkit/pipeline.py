@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from tqdm.auto import tqdm
 from .diffusion import Diffusion
 from .errors import DdpmkitError
 from .models import UNet, UNetConfig
-from .sampling import sample
+from .sampling import SAMPLERS, sample
 from .training.checkpoint import load_checkpoint, resolve_checkpoint
 from .training.device import autocast_dtype, select_device
 from .viz import to_uint8
@@ -27,18 +26,19 @@ class Pipeline:
     """
 
     def __init__(self, model: UNet, diffusion: Diffusion, device: torch.device, precision: str = "fp32",
-                 class_names: list[str] | None = None, checkpoint: Path | None = None, step: int | None = None):
+                 checkpoint: Path | None = None, state: dict | None = None):
         self.model, self.diffusion, self.device = model.eval(), diffusion, device
         self.amp_dtype = autocast_dtype(precision, device)
-        self.class_names = class_names or []
-        self.checkpoint, self.step = checkpoint, step
+        self.checkpoint, self.state = checkpoint, state or {}
+        self.class_names = self.state.get("data", {}).get("class_names", [])
+        self.step = self.state.get("step")
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "auto", precision: str = "auto",
                  weights: str = "ema") -> Pipeline:
         """From a run folder (its newest checkpoint) or a checkpoint folder; ``weights`` is "ema" or "model"."""
         folder = resolve_checkpoint(Path(path))
-        tensors, state = load_checkpoint(folder)
+        tensors, state = load_checkpoint(folder, names=(weights,))
         if weights not in tensors:
             raise DdpmkitError(f"{folder} has no {weights} weights; use weights='ema' or 'model'")
         try:
@@ -53,8 +53,7 @@ class Pipeline:
         except RuntimeError as exc:
             raise DdpmkitError(f"weights in {folder} do not fit the model its state.json describes: "
                                f"{str(exc).splitlines()[0]}") from exc
-        return cls(model.to(torch_device), diffusion, torch_device, precision,
-                   state.get("data", {}).get("class_names"), folder, state.get("step"))
+        return cls(model.to(torch_device), diffusion, torch_device, precision, folder, state)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -78,10 +77,17 @@ class Pipeline:
         """``num`` images as uint8 (N, H, W, C) (or float (N, C, H, W) in [-1, 1] with ``return_tensor``).
 
         The initial noise comes from one generator seeded with ``seed`` and is drawn for all images up front, so
-        the same seed gives the same images whatever the batch size.
+        the deterministic samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """
-        if num < 1:
-            raise DdpmkitError(f"--num must be at least 1, got {num}")
+        if num < 1 or batch_size < 1:
+            raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")
+        if sampler not in SAMPLERS:
+            raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+        T = self.diffusion.num_steps
+        if steps is not None and not 1 <= steps <= T:
+            raise DdpmkitError(f"steps must be between 1 and {T}, got {steps}")
+        if not 0.0 <= eta <= 1.0:
+            raise DdpmkitError(f"eta must be in [0, 1], got {eta}")
         label_tensor = None
         if labels is not None:
             label_tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
@@ -106,8 +112,3 @@ class Pipeline:
         bar.close()
         result = torch.cat(outputs).clamp(-1, 1)
         return result if return_tensor else to_uint8(result)
-
-    def timed_generate(self, num: int, **kwargs) -> tuple[np.ndarray, float]:
-        start = time.perf_counter()
-        images = self.generate(num, **kwargs)
-        return images, time.perf_counter() - start

@@ -169,7 +169,8 @@ def dpmpp_2m(
     ac = diffusion.schedule.alphas_cumprod
 
     def lam(t: int) -> float:
-        return 0.5 * math.log(float(ac[t]) / (1.0 - float(ac[t])))
+        a = float(ac[t])
+        return 0.5 * math.log(a / (1.0 - a)) if a > 0 else -math.inf  # zero terminal SNR: λ_T = -∞
 
     x0_prev, h_prev = None, None
     for i, t in enumerate(ts.tolist()):
@@ -186,7 +187,7 @@ def dpmpp_2m(
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * out.x0 - (1 / (2 * r)) * x0_prev
             sigma_t, sigma_s = math.sqrt(1 - float(ac[t])), math.sqrt(1 - float(ac[s]))
-            x = (sigma_s / sigma_t) * x - math.sqrt(float(ac[s])) * math.expm1(-h) * d
+            x = (sigma_s / sigma_t) * x - math.sqrt(float(ac[s])) * math.expm1(-h) * d  # h = ∞ → σ_s x + α_s D
             x0_prev, h_prev = out.x0, h
         if callback is not None:
             callback(i, t, x, out.x0)
@@ -262,9 +263,11 @@ def sample(
 
     def model_fn(x_: Tensor, t_: Tensor) -> Tensor:
         if autocast_dtype is None:
-            return base_fn(x_, t_).float()
-        with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-            return base_fn(x_, t_).float()
+            out = base_fn(x_, t_)
+        else:
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                out = base_fn(x_, t_)
+        return diffusion.split_output(out, x_.shape[1]).float()  # a learned variance's channels are not used
 
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
@@ -275,8 +278,9 @@ def sample(
         if sampler == "ddpm":
             return ddpm(model_fn, diffusion, x, steps=steps, **common)
         if sampler == "ddim":
-            return ddim(model_fn, diffusion, x, steps=steps or 50, eta=eta, spacing=spacing, **common)
-        return dpmpp_2m(model_fn, diffusion, x, steps=steps or 20, spacing=spacing, **common)
+            return ddim(model_fn, diffusion, x, steps=50 if steps is None else steps, eta=eta, spacing=spacing,
+                        **common)
+        return dpmpp_2m(model_fn, diffusion, x, steps=20 if steps is None else steps, spacing=spacing, **common)
     finally:
         if isinstance(model, torch.nn.Module) and was_training:
             model.train()

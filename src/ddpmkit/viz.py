@@ -8,14 +8,14 @@ starts at y = padding + r * (H + padding), x = padding + c * (W + padding).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from .atomic import atomic_file
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -69,20 +69,9 @@ def _to_pil(arr: np.ndarray, scale: int) -> Image.Image:
 
 
 def _save_atomic(img: Image.Image, path: str | Path, **kwargs) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            img.save(handle, **kwargs)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an image is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as handle:
+        img.save(handle, **kwargs)
+    return Path(path)
 
 
 def save_grid(images: np.ndarray | Tensor, path: str | Path, nrow: int | None = None,

@@ -7,9 +7,7 @@ with ``allow_pickle=False`` (and caches resized copies as ``<name>-<size>px.npz`
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import fetch as registry
+from ..atomic import atomic_file
 from ..errors import DdpmkitError
 from . import sources
 from .image_array import ImageArray, resize_images
@@ -114,18 +113,8 @@ def save_npz(dest: Path, data: dict) -> Path:
     for split in ("train", "test"):
         if data.get(split) is not None:
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = data[split]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is ordinary data
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(dest) as handle:
+        np.savez(handle, **arrays)
     return dest
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
                     "`ddpmkit eval fetch` downloads the pinned Inception and MNIST-classifier weights.")
     p.add_argument("run", help="run folder or checkpoint folder (or 'fetch')")
     p.add_argument("--num", type=int, default=500, help="images generated per setting (N beside every score)")
-    p.add_argument("--sampler", default="ddim", help="comma-separated: ddpm, ddim, dpm++2m")
+    p.add_argument("--sampler", default="ddim,dpm++2m", help="comma-separated: ddpm, ddim, dpm++2m")
     p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--metrics", help="comma-separated from fid, kid, cfid, classes (default: by data set)")
@@ -61,10 +60,9 @@ def eval_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from ..pipeline import Pipeline
     from ..sampling import SAMPLERS
-    from ..training.checkpoint import load_checkpoint
     from .classifier import MnistClassifier
     from .inception import InceptionFeatures
-    from .reference import reference_stats
+    from .reference import reference_stats_with_fallback
     from .sweep import ALL_METRICS, default_metrics, run_sweep, sweep_markdown, write_sweep_report
 
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
@@ -72,9 +70,12 @@ def eval_main(argv: list[str]) -> int:
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
     steps = _ints(args.steps, "steps")
+    if args.num < 2 or args.ref_num < 2:
+        raise DdpmkitError("--num and --ref-num must be at least 2 (a covariance needs two samples)")
+    if not 0.0 <= args.eta <= 1.0:
+        raise DdpmkitError(f"--eta must be in [0, 1], got {args.eta}")
     pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision)
-    _, state = load_checkpoint(pipe.checkpoint)
-    data_name = state.get("config", {}).get("data", {}).get("name") or state.get("data", {}).get("name")
+    data_name = pipe.state.get("config", {}).get("data", {}).get("name") or pipe.state.get("data", {}).get("name")
     image_size = pipe.model.config.image_size
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else default_metrics(data_name)
     unknown = set(metrics) - set(ALL_METRICS)
@@ -90,14 +91,8 @@ def eval_main(argv: list[str]) -> int:
             settings.append({"sampler": sampler, "steps": n})
 
     def load_reference(extractor):
-        try:
-            return reference_stats(data_name, extractor, split=args.ref_split, num=args.ref_num,
-                                   image_size=image_size)
-        except DdpmkitError as exc:
-            if "test" not in str(exc).lower() or args.ref_split == "train":
-                raise
-            print(f"note: {data_name} has no {args.ref_split} split; using train as the reference", file=sys.stderr)
-            return reference_stats(data_name, extractor, split="train", num=args.ref_num, image_size=image_size)
+        return reference_stats_with_fallback(data_name, extractor, split=args.ref_split, num=args.ref_num,
+                                             image_size=image_size)
 
     references, inception, classifier = {}, None, None
     if {"fid", "kid"} & set(metrics):

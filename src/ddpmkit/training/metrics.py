@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 class MetricsLogger:

@@ -13,12 +13,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..data import BatchLoader, ImageArray, load_dataset
 from ..diffusion import Diffusion
 from ..errors import DdpmkitError
 from ..models import UNet, UNetConfig
-from ..sampling import sample
+from ..sampling import SAMPLERS, sample
 from ..schedule import NoiseSchedule
 from ..viz import make_grid, save_grid, to_uint8
 from . import checkpoint as ckpt
@@ -45,7 +46,59 @@ def build_unet_config(config: RunConfig, data: ImageArray) -> UNetConfig:
         if data.num_classes < 2:
             raise DdpmkitError(f"{data.name} has no class labels; set model.class_conditional=false")
         fitted["num_classes"] = data.num_classes
-    return UNetConfig.named(config.model.size, **{**fitted, **config.model.overrides})
+    unet = UNetConfig.named(config.model.size, **{**fitted, **config.model.overrides})
+    if unet.learn_sigma:
+        raise DdpmkitError("model.learn_sigma needs the hybrid variational loss, which this release does not train; "
+                           "remove model.learn_sigma")
+    return unet
+
+
+def validate_train_config(config: RunConfig) -> None:
+    """Reject settings that would only fail later (after an epoch of training) or silently misbehave."""
+    tc = config.train
+    if (tc.steps is None) == (tc.epochs is None):
+        raise DdpmkitError("set exactly one of train.steps and train.epochs (e.g. --steps 2000 or --epochs 3)")
+    positive = {"train.batch_size": tc.batch_size, "train.grad_accum": tc.grad_accum, "train.log_every": tc.log_every,
+                "train.sample_every": tc.sample_every or 1, "train.checkpoint_every": tc.checkpoint_every or 1,
+                "train.keep_checkpoints": tc.keep_checkpoints, "train.num_samples": tc.num_samples,
+                "train.sample_steps": tc.sample_steps, "train.fid_every": tc.fid_every or 1,
+                "train.steps": tc.steps if tc.steps is not None else 1, "train.fid_num": tc.fid_num - 1,
+                "train.epochs": tc.epochs if tc.epochs is not None else 1}
+    for key, value in positive.items():
+        if value <= 0:
+            raise DdpmkitError(f"{key} must be positive (got {value})")
+    if tc.lr <= 0 or not 0 <= tc.ema_decay < 1:
+        raise DdpmkitError("train.lr must be positive and train.ema_decay in [0, 1)")
+    if tc.sample_sampler not in SAMPLERS:
+        raise DdpmkitError(f"train.sample_sampler must be one of {', '.join(SAMPLERS)}, not '{tc.sample_sampler}'")
+    if tc.sample_steps > config.diffusion.num_steps:
+        raise DdpmkitError(f"train.sample_steps ({tc.sample_steps}) exceeds diffusion.num_steps")
+    if tc.fid_features not in ("inception", "classifier"):
+        raise DdpmkitError(f"train.fid_features must be inception or classifier, not '{tc.fid_features}'")
+
+
+# What a resumed run must share with its checkpoint for the continuation to be the same training run.
+RESUME_KEYS = [("data", "name"), ("data", "image_size"), ("data", "hflip"), ("train", "batch_size"),
+               ("train", "grad_accum"), ("train", "seed")]
+
+
+def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, diffusion: Diffusion,
+                    checkpoint: Path, run_dir: Path) -> None:
+    """One-line errors for a checkpoint that cannot continue as this run."""
+    fix = "resume with the run folder's own config.yaml, or start a new run with --out"
+    if state.get("unet") != unet.to_dict():
+        raise DdpmkitError(f"checkpoint {checkpoint} was trained with another model config; {fix}")
+    if state.get("diffusion") != diffusion.to_dict():
+        raise DdpmkitError(f"checkpoint {checkpoint} was trained with other diffusion settings; {fix}")
+    saved = state.get("config", {})
+    for section, key in RESUME_KEYS:
+        was, now = saved.get(section, {}).get(key), getattr(getattr(config, section), key)
+        if was != now:
+            raise DdpmkitError(f"{section}.{key} was {was!r} in checkpoint {checkpoint} but is {now!r} now; {fix}")
+    newer = [p for p in ckpt.list_checkpoints(run_dir) if ckpt.checkpoint_step(p) > int(state["step"])]
+    if newer:
+        raise DdpmkitError(f"{run_dir} holds checkpoints newer than step {state['step']} ({newer[-1].name}); "
+                           "resume the newest, or branch into another folder with --out")
 
 
 @dataclass
@@ -63,26 +116,22 @@ class Trainer:
                  data: ImageArray | None = None):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         tc = config.train
-        if (tc.steps is None) == (tc.epochs is None):
-            raise DdpmkitError("set exactly one of train.steps and train.epochs (e.g. --steps 2000 or --epochs 3)")
-        if tc.grad_accum < 1 or tc.batch_size < 1:
-            raise DdpmkitError("batch_size and grad_accum must be at least 1")
+        validate_train_config(config)
         self.device = select_device(tc.device)
         self.precision = resolve_precision(tc.precision, self.device)
         self.amp_dtype = autocast_dtype(self.precision, self.device)
 
         resume_tensors, resume_state = (None, None)
         if resume is not None:
-            resume_tensors, resume_state = ckpt.load_checkpoint(resume)
+            resume_tensors, resume_state = ckpt.load_checkpoint(resume, required=ckpt.TRAINING_FILES)
 
         self.data = data if data is not None else load_dataset(config.data.name, "train", config.data.image_size,
                                                                progress=progress)
         self.loader = BatchLoader(self.data, tc.batch_size, shuffle=True, hflip=config.data.hflip, seed=tc.seed)
         self.diffusion = build_diffusion(config)
         self.unet_config = build_unet_config(config, self.data)
-        if resume_state is not None and resume_state.get("unet") != self.unet_config.to_dict():
-            raise DdpmkitError(f"checkpoint {resume} was trained with another model config; resume it with its own "
-                               "run folder's config.yaml, or start a new run with --out")
+        if resume_state is not None:
+            check_resumable(resume_state, config, self.unet_config, self.diffusion, Path(resume), self.run_dir)
 
         torch.manual_seed(tc.seed)
         self.model = UNet(self.unet_config).to(self.device)
@@ -99,7 +148,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config.save(self.run_dir / "config.yaml")
         self.logger = MetricsLogger(self.run_dir, tc.tensorboard, resume_step=self.step if resume else None)
-        self._buckets = torch.zeros(2, TIMESTEP_BUCKETS, dtype=torch.float64)
+        bucket_dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        self._buckets = torch.zeros(2, TIMESTEP_BUCKETS, dtype=bucket_dtype, device=self.device)
         self._fid_extractor, self._fid_reference = None, None
 
     # ----- setup and state ----------------------------------------------------------------------------------
@@ -150,13 +200,13 @@ class Trainer:
 
     # ----- one optimizer step -------------------------------------------------------------------------------
 
-    def train_step(self, batches) -> tuple[float, float]:
-        """Forward and backward ``grad_accum`` micro-batches, clip, AdamW, EMA. Returns (loss, grad norm)."""
+    def train_step(self, batches) -> tuple[float, torch.Tensor]:
+        """Forward and backward ``grad_accum`` micro-batches, clip, AdamW, EMA. Returns (loss, grad-norm tensor)."""
         tc = self.config.train
         lr = lr_at(self.step, tc.lr, tc.warmup_steps, self.total_steps, tc.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for _ in range(tc.grad_accum):
             x0, labels = next(batches)
             x0 = x0.to(self.device, non_blocking=True)
@@ -164,21 +214,22 @@ class Trainer:
             with autocast(self.device, self.amp_dtype):
                 terms = self.diffusion.training_losses(self.model, x0, labels, generator=self.generator)
             self.scaler.scale(terms.loss / tc.grad_accum).backward()
-            total += terms.loss.item() / tc.grad_accum
-            bucket = (terms.t.cpu() * TIMESTEP_BUCKETS // self.diffusion.num_steps).long()
-            self._buckets[0].index_add_(0, bucket, terms.per_sample.cpu().double())
-            self._buckets[1].index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
-        if not math.isfinite(total):
+            total += terms.loss.detach() / tc.grad_accum
+            bucket = (terms.t * TIMESTEP_BUCKETS // self.diffusion.num_steps).long().to(self._buckets.device)
+            self._buckets[0].index_add_(0, bucket, terms.per_sample.to(self._buckets))
+            self._buckets[1].index_add_(0, bucket, torch.ones_like(bucket, dtype=self._buckets.dtype))
+        loss = total.item()  # the one host sync of the step, for the NaN check and the progress bar
+        if not math.isfinite(loss):
             raise DdpmkitError(self._nan_message())
         self.scaler.unscale_(self.optimizer)
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
         self.step += 1
-        return total, grad_norm
+        return loss, grad_norm
 
     def _nan_message(self) -> str:
         last = ckpt.list_checkpoints(self.run_dir)
@@ -211,11 +262,11 @@ class Trainer:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     rate = window_images / elapsed
                     row = {"loss": window_loss / window_n, "lr": self.optimizer.param_groups[0]["lr"],
-                           "grad_norm": grad_norm, "images_per_s": rate, "epoch": self.loader.epoch}
-                    counts = self._buckets[1].clamp(min=1)
+                           "grad_norm": grad_norm.item(), "images_per_s": rate, "epoch": self.loader.epoch}
+                    sums, counts = self._buckets.cpu().double()
                     width = self.diffusion.num_steps // TIMESTEP_BUCKETS
-                    row.update({f"loss_t{i * width}": float(v) for i, v in enumerate(self._buckets[0] / counts)
-                                if self._buckets[1][i] > 0})
+                    row.update({f"loss_t{i * width}": float(sums[i] / counts[i]) for i in range(TIMESTEP_BUCKETS)
+                                if counts[i] > 0})
                     self.logger.log(self.step, **row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{row['lr']:.1e}")
                     window_loss, window_n, window_images, window_start = 0.0, 0, 0, time.perf_counter()
@@ -236,28 +287,24 @@ class Trainer:
         plot_loss_curve(rows, self.run_dir / "loss_curve.png")
         plot_loss_by_timestep(rows, self.run_dir / "loss_by_timestep.png")
         summary = convergence_summary(rows)
-        ckpt.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         self.logger.close()
         return TrainResult(self.run_dir, self.step, loss, summary)
 
     @torch.no_grad()
     def measure_fid(self) -> dict[str, float]:
         """FID of ``fid_num`` EMA samples (the grid's sampler) against cached reference statistics of the data."""
-        from ..eval import MnistClassifier, reference_stats
+        from ..eval import MnistClassifier
         from ..eval.inception import InceptionFeatures
+        from ..eval.reference import reference_stats_with_fallback
 
         tc = self.config.train
         if self._fid_extractor is None:
-            if tc.fid_features not in ("inception", "classifier"):
-                raise DdpmkitError(f"train.fid_features must be inception or classifier, not '{tc.fid_features}'")
-            self._fid_extractor = MnistClassifier() if tc.fid_features == "classifier" else InceptionFeatures()
-            try:
-                self._fid_reference = reference_stats(self.config.data.name, self._fid_extractor, split="test",
-                                                      num=tc.fid_ref_num, image_size=self.config.data.image_size)
-            except DdpmkitError:  # no test split: the training images are the reference
-                self._fid_reference = reference_stats(self.config.data.name, self._fid_extractor, split="train",
-                                                      num=min(tc.fid_ref_num, len(self.data)),
-                                                      image_size=self.config.data.image_size)
+            with torch.random.fork_rng(devices=[]):  # building a network must not move the training RNG
+                self._fid_extractor = MnistClassifier() if tc.fid_features == "classifier" else InceptionFeatures()
+            self._fid_reference = reference_stats_with_fallback(
+                self.config.data.name, self._fid_extractor, split="test", num=tc.fid_ref_num,
+                image_size=self.config.data.image_size, progress=self.progress)
         shape = (tc.fid_num, self.unet_config.in_channels, self.unet_config.image_size, self.unet_config.image_size)
         labels = (torch.arange(tc.fid_num) % self.unet_config.num_classes) if self.unet_config.num_classes else None
         images = sample(self.ema.model, self.diffusion, shape, sampler=tc.sample_sampler, steps=tc.sample_steps,
