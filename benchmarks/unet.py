@@ -46,6 +46,7 @@ def configs(quick: bool) -> dict[str, dict]:
                 down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                 up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
                 attention_head_dim=32, norm_num_groups=32, resnet_time_scale_shift="scale_shift",
+                attn_norm_num_groups=32,  # else scale_shift drops the middle attention's GroupNorm (256 params)
             ),
         ),
         "cifar-sized (32x32x3, base 64, mults 1,2,2,2, attn 16x16)": dict(
@@ -56,6 +57,7 @@ def configs(quick: bool) -> dict[str, dict]:
                 down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
                 attention_head_dim=32, norm_num_groups=32, resnet_time_scale_shift="scale_shift",
+                attn_norm_num_groups=32,  # else scale_shift drops the middle attention's GroupNorm (256 params)
             ),
         ),
     }
@@ -169,7 +171,8 @@ def markdown(result: dict, env: dict) -> str:
              f"command: `{env['command']}`; load before run: {env['load']}", "",
              "Configured alike: scale-shift (FiLM) time conditioning in both (diffusers "
              "`resnet_time_scale_shift=\"scale_shift\"`), 4 heads of 32 dims, GroupNorm 32 groups eps 1e-5, "
-             "dropout 0, attention at the same level(s) and in the middle block, fused AdamW for both.", "",
+             "dropout 0, attention at the same level(s) and in the middle block (GroupNorm in every attention: "
+             "diffusers `attn_norm_num_groups=32`; parameter counts equal to the unit), fused AdamW for both.", "",
              "| config | params ours / diffusers | fwd GFLOPs/img ours / diffusers |", "|---|---|---|"]
     for name, i in result["models"].items():
         lines.append(f"| {name} | {i['ours_params'] / 1e6:.2f}M / {i['diffusers_params'] / 1e6:.2f}M | "
