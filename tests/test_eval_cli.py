@@ -31,6 +31,7 @@ def test_eval_sweep_writes_table_json_and_plot(tiny_run, capsys):
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "| ddim" in out and "| dpm++2m" in out
+    assert "| sampler | steps | NFE | seconds | images/s | FID |" in out
     report = tiny_run / "eval"
     rows = json.loads((report / "sweep.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows

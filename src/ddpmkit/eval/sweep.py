@@ -169,6 +169,7 @@ def sweep_markdown(rows: list[dict]) -> str:
         ("steps", "steps", "d"),
         ("NFE", "nfe", "s"),
         ("seconds", "seconds", ".1f"),
+        ("images/s", "images_per_s", ".1f"),
     ]
     optional = [
         ("FID", "fid", ".2f"),
