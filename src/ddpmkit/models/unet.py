@@ -251,7 +251,10 @@ class UNet(nn.Module):
         if pad_h or pad_w:  # centred zero padding to a multiple of 2**(levels-1); cropped again below
             x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            # .to, not .contiguous: a 1-channel (B, 1, H, W) tensor already counts as channels_last-contiguous,
+            # so .contiguous(channels_last) keeps NCHW strides and every conv after it stays NCHW (MNIST ran
+            # NCHW that way); .to() always writes NHWC strides (stride 1 on C), which the convs then propagate
+            x = x.to(memory_format=torch.channels_last)
 
         h = self.conv_in(x)
         hs = [h]
