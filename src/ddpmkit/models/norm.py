@@ -72,15 +72,22 @@ class _GroupNormFiLMAct(torch.autograd.Function):
         cdt = torch.promote_types(x.dtype, torch.float32)  # coefficient dtype: float32 (float64 in tests)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
-        # ATen's forward kernel (stable statistics, keeps the memory format); its backward is what we replace
-        x_hat, _, rstd_g = torch.ops.aten.native_group_norm(x, None, None, B, C, H * W, G, eps)
+        if scale is None and shift is None:
+            # no FiLM: ATen applies the per-channel affine itself, z in one pass; the backward rebuilds the
+            # normalised activation from x and mu_g instead of keeping a copy of it
+            z, mu_g, rstd_g = torch.ops.aten.native_group_norm(x, weight, bias, B, C, H * W, G, eps)
+            base, mu_g = x, mu_g.to(cdt).view(B, G)
+            Gamma = weight.to(cdt).expand(B, C) if weight is not None else None
+            one_plus = None
+        else:
+            # ATen's forward kernel (stable statistics, keeps the memory format); its backward is replaced
+            x_hat, _, rstd_g = torch.ops.aten.native_group_norm(x, None, None, B, C, H * W, G, eps)
+            base, mu_g = x_hat, None
+            Gamma, Beta, one_plus = _film_coefficients(weight, bias, scale, shift, B, C, cdt, x.device)
+            z = torch.addcmul(Beta.to(x.dtype).view(B, C, 1, 1), x_hat, Gamma.to(x.dtype).view(B, C, 1, 1))
         rstd_g = rstd_g.to(cdt).view(B, G)
-
-        Gamma, Beta, one_plus = _film_coefficients(weight, bias, scale, shift, B, C, cdt, x.device)
-
-        z = torch.addcmul(Beta.to(x.dtype).view(B, C, 1, 1), x_hat, Gamma.to(x.dtype).view(B, C, 1, 1))
         y = F.silu(z) if act else z
-        ctx.save_for_backward(x_hat, z if act else None, weight, bias, rstd_g, Gamma, one_plus)
+        ctx.save_for_backward(base, z if act else None, weight, bias, mu_g, rstd_g, Gamma, one_plus)
         ctx.num_groups, ctx.act = G, act
         ctx.has_scale, ctx.shift_dtype = scale is not None, shift.dtype if shift is not None else None
         ctx.scale_dtype = scale.dtype if scale is not None else None
@@ -88,26 +95,34 @@ class _GroupNormFiLMAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x_hat, z, weight, bias, rstd_g, Gamma, one_plus = ctx.saved_tensors
-        B, C, H, W = x_hat.shape
+        base, z, weight, bias, mu_g, rstd_g, Gamma, one_plus = ctx.saved_tensors
+        B, C, H, W = base.shape
         G = ctx.num_groups
         D, N, cdt = C // G, (C // G) * H * W, rstd_g.dtype
-        dy = _like(dy, x_hat)
+        dy = _like(dy, base)
         dz = torch.ops.aten.silu_backward(dy, z) if ctx.act else dy
-        xv, red = _channel_view(x_hat)
+        bv, red = _channel_view(base)
         dzv, _ = _channel_view(dz)
-        s_c = dzv.sum(red, dtype=cdt)  # (B, C): sum_hw dz          = dL/dBeta
-        q_c = (dzv * xv).sum(red, dtype=cdt)  # (B, C): sum_hw dz x_hat = dL/dGamma
+        rstd_c = rstd_g.repeat_interleave(D, 1)
+        s_c = dzv.sum(red, dtype=cdt)  # (B, C): sum_hw dz = dL/dBeta
+        q_c = (dzv * bv).sum(red, dtype=cdt)  # (B, C): sum_hw dz x_hat = dL/dGamma (base = x_hat) ...
+        if mu_g is not None:  # ... or sum_hw dz x, from which x_hat = (x - mu) rstd (base = x)
+            mu_c = mu_g.repeat_interleave(D, 1)
+            q_c = rstd_c * (q_c - mu_c * s_c)
+        if Gamma is None:
+            Gamma = torch.ones(B, C, dtype=cdt, device=base.device)
 
         dx = dweight = dbias = dscale = dshift = None
         if ctx.needs_input_grad[0]:
             S1 = (Gamma * s_c).view(B, G, D).sum(-1)
             S2 = (Gamma * q_c).view(B, G, D).sum(-1)
-            Q = (-rstd_g * S2 / N).repeat_interleave(D, 1)
+            Q = (-rstd_g * S2 / N).repeat_interleave(D, 1)  # coefficient of x_hat
             R = (-rstd_g * S1 / N).repeat_interleave(D, 1)
-            P = rstd_g.repeat_interleave(D, 1) * Gamma
-            dx = torch.addcmul(R.to(dz.dtype).view(B, C, 1, 1), x_hat, Q.to(dz.dtype).view(B, C, 1, 1))
-            dx.addcmul_(dz, P.to(dz.dtype).view(B, C, 1, 1))
+            if mu_g is not None:  # x_hat Q + R = x (rstd Q) + (R - mu rstd Q)
+                Q = rstd_c * Q
+                R = R - mu_c * Q
+            dx = torch.addcmul(R.to(dz.dtype).view(B, C, 1, 1), base, Q.to(dz.dtype).view(B, C, 1, 1))
+            dx.addcmul_(dz, (rstd_c * Gamma).to(dz.dtype).view(B, C, 1, 1))
         # z = x_hat * gamma (1 + scale) + beta (1 + scale) + shift
         if weight is not None and ctx.needs_input_grad[1]:
             dweight = (q_c * one_plus if one_plus is not None else q_c).sum(0).to(weight.dtype)
