@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpmkit.models import UNet, UNetConfig
 
 RESULTS = Path(__file__).parent / "results"
+MNIST = "mnist-sized (32x32x1, base 32, mults 1,2,4, attn 8x8)"
 
 
 def configs(quick: bool) -> dict[str, dict]:
@@ -39,7 +41,7 @@ def configs(quick: bool) -> dict[str, dict]:
     cifar = UNetConfig(image_size=32, in_channels=3, base_channels=64, channel_mults=(1, 2, 2, 2),
                        num_res_blocks=2, attention_resolutions=(16,), num_heads=4, norm_groups=32)
     return {
-        "mnist-sized (32x32x1, base 32, mults 1,2,4, attn 8x8)": dict(
+        MNIST: dict(
             ours=mnist, train_batch=32 if quick else 64, infer_batch=64 if quick else 128,
             diffusers=dict(
                 sample_size=32, in_channels=1, out_channels=1, block_out_channels=(32, 64, 128), layers_per_block=2,
@@ -114,29 +116,51 @@ def make_step(model, batch: int, shape, train: bool, bf16: bool):
     return step
 
 
-def time_pair(step_a, step_b, repeats: int, min_time: float) -> tuple[float, float]:
-    """Median seconds per call of two closures, alternating A/B (and which goes first) every repeat."""
-    for s in (step_a, step_b):  # warm-up: allocator, oneDNN primitive caches, optimizer state
+def time_group(steps: list, repeats: int, min_time: float) -> list[float]:
+    """Median seconds per call of each closure, all interleaved: every repeat runs each once, in a rotated order."""
+    for s in steps:  # warm-up: allocator, oneDNN primitive caches, optimizer state
         s()
         s()
-    # calls per repeat so one repeat of the slower of the two lasts about min_time
+    # calls per repeat so one repeat of an average closure lasts about min_time
     t0 = time.perf_counter()
-    step_a()
-    step_b()
-    per = (time.perf_counter() - t0) / 2
+    for s in steps:
+        s()
+    per = (time.perf_counter() - t0) / len(steps)
     n = max(1, round(min_time / per))
-    ta, tb = [], []
+    times: list[list[float]] = [[] for _ in steps]
     for r in range(repeats):
-        order = [(step_a, ta), (step_b, tb)] if r % 2 == 0 else [(step_b, tb), (step_a, ta)]
-        for s, out in order:
+        for k in range(len(steps)):
+            i = (k + r) % len(steps)
             t0 = time.perf_counter()
             for _ in range(n):
-                s()
-            out.append((time.perf_counter() - t0) / n)
-    return statistics.median(ta), statistics.median(tb)
+                steps[i]()
+            times[i].append((time.perf_counter() - t0) / n)
+    return [statistics.median(t) for t in times]
+
+
+@contextlib.contextmanager
+def stock_group_norm():
+    """Swap the UNet's fused GroupNorm+FiLM+SiLU for the stock-op composition (for the ablation only)."""
+    from ddpmkit.models import layers
+    from ddpmkit.models.norm import group_norm_film_act_composed
+
+    fused = layers.group_norm_film_act
+    layers.group_norm_film_act = group_norm_film_act_composed
+    try:
+        yield
+    finally:
+        layers.group_norm_film_act = fused
+
+
+def with_stock_norm(step):
+    def wrapped():
+        with stock_group_norm():
+            step()
+    return wrapped
 
 
 def run(quick: bool, repeats: int, min_time: float, only: str | None) -> dict:
+    """Ours (as shipped: channels_last, fused norm) against diffusers in its default NCHW and in channels_last."""
     torch.manual_seed(0)
     rows, models_info = [], {}
     for name, c in configs(quick).items():
@@ -144,6 +168,7 @@ def run(quick: bool, repeats: int, min_time: float, only: str | None) -> dict:
             continue
         ours = UNet(c["ours"])
         theirs = _Diffusers(**c["diffusers"])
+        theirs_cl = _Diffusers(**c["diffusers"]).to(memory_format=torch.channels_last)
         shape = (1, c["ours"].in_channels, c["ours"].image_size, c["ours"].image_size)
         info = dict(ours_params=n_params(ours), diffusers_params=n_params(theirs),
                     ours_gflops=forward_flops(ours, shape) / 1e9, diffusers_gflops=forward_flops(theirs, shape) / 1e9,
@@ -153,16 +178,45 @@ def run(quick: bool, repeats: int, min_time: float, only: str | None) -> dict:
               f"forward GFLOPs/image ours {info['ours_gflops']:.3f} / diffusers {info['diffusers_gflops']:.3f}")
         for precision in ("fp32", "bf16"):
             for mode, batch in (("train", c["train_batch"]), ("inference", c["infer_batch"])):
-                sa = make_step(ours, batch, shape, mode == "train", precision == "bf16")
-                sb = make_step(theirs, batch, shape, mode == "train", precision == "bf16")
-                ta, tb = time_pair(sa, sb, repeats, min_time)
-                row = dict(config=name, precision=precision, mode=mode, batch=batch,
-                           ours_img_s=batch / ta, diffusers_img_s=batch / tb, ratio=tb / ta)
+                steps = [make_step(m, batch, shape, mode == "train", precision == "bf16")
+                         for m in (ours, theirs, theirs_cl)]
+                t_ours, t_nchw, t_cl = time_group(steps, repeats, min_time)
+                row = dict(config=name, precision=precision, mode=mode, batch=batch, ours_img_s=batch / t_ours,
+                           diffusers_img_s=batch / t_nchw, diffusers_cl_img_s=batch / t_cl,
+                           ratio=min(t_nchw, t_cl) / t_ours)
                 rows.append(row)
                 print(f"  {precision:4s} {mode:9s} batch {batch:3d}: ours {row['ours_img_s']:7.1f} img/s, "
-                      f"diffusers {row['diffusers_img_s']:7.1f} img/s, ratio {row['ratio']:.2f}", flush=True)
-        del ours, theirs
+                      f"diffusers {row['diffusers_img_s']:7.1f} (NCHW) / {row['diffusers_cl_img_s']:7.1f} "
+                      f"(channels_last) img/s, ratio to the faster {row['ratio']:.2f}", flush=True)
+        del ours, theirs, theirs_cl
     return dict(rows=rows, models=models_info)
+
+
+def ablation(repeats: int, min_time: float) -> list[dict]:
+    """What each layout/norm choice gains on the MNIST-sized config (fp32), all variants interleaved.
+
+    "NCHW + stock GroupNorm" is what a 1-channel model ran before the channels_last fix (see unet.md).
+    """
+    c = configs(False)[MNIST]
+    shape = (1, 1, 32, 32)
+    torch.manual_seed(0)
+    nchw = UNet(dataclasses.replace(c["ours"], channels_last=False))
+    cl = UNet(c["ours"])
+    cl.load_state_dict(nchw.state_dict())
+    variants = [("NCHW + stock GroupNorm ops", nchw, True), ("NCHW + fused GroupNorm", nchw, False),
+                ("channels_last + stock GroupNorm ops", cl, True),
+                ("channels_last + fused GroupNorm (shipped)", cl, False)]
+    out = []
+    for mode, batch in (("train", c["train_batch"]), ("inference", c["infer_batch"])):
+        steps = []
+        for _, model, stock in variants:
+            step = make_step(model, batch, shape, mode == "train", False)
+            steps.append(with_stock_norm(step) if stock else step)
+        times = time_group(steps, repeats, min_time)
+        for (label, _, _), t in zip(variants, times):
+            out.append(dict(variant=label, mode=mode, batch=batch, img_s=batch / t))
+            print(f"  ablation {mode:9s} {label:45s} {batch / t:7.1f} img/s", flush=True)
+    return out
 
 
 def markdown(result: dict, env: dict) -> str:
@@ -177,12 +231,33 @@ def markdown(result: dict, env: dict) -> str:
     for name, i in result["models"].items():
         lines.append(f"| {name} | {i['ours_params'] / 1e6:.2f}M / {i['diffusers_params'] / 1e6:.2f}M | "
                      f"{i['ours_gflops']:.3f} / {i['diffusers_gflops']:.3f} |")
-    lines += ["", "| config | precision | mode | batch | ours img/s | diffusers img/s | ours/diffusers |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "Ours as shipped (channels_last, fused GroupNorm); diffusers in its default NCHW and converted with "
+              "`.to(memory_format=torch.channels_last)`; the ratio is ours over the faster of the two.", "",
+              "| config | precision | mode | batch | ours img/s | diffusers NCHW img/s | diffusers channels_last img/s "
+              "| ours / faster diffusers |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['config']} | {r['precision']} | {r['mode']} | {r['batch']} | {r['ours_img_s']:.1f} | "
-                     f"{r['diffusers_img_s']:.1f} | {r['ratio']:.2f} |")
+                     f"{r['diffusers_img_s']:.1f} | {r['diffusers_cl_img_s']:.1f} | {r['ratio']:.2f} |")
+    if result.get("ablation"):
+        lines += ["", f"Ablation, {MNIST}, fp32, ours only, all variants interleaved in one run:", "",
+                  "| variant | train img/s | inference img/s |", "|---|---|---|"]
+        by = {}
+        for a in result["ablation"]:
+            by.setdefault(a["variant"], {})[a["mode"]] = a["img_s"]
+        for label, v in by.items():
+            lines.append(f"| {label} | {v['train']:.1f} | {v['inference']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+NOTES_MARKER = "<!-- notes: kept when the script rewrites this file -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Write the generated tables, keeping the hand-written notes below NOTES_MARKER of the old file."""
+    notes = ""
+    if path.exists() and NOTES_MARKER in path.read_text():
+        notes = path.read_text().split(NOTES_MARKER, 1)[1]
+    path.write_text(table + "\n" + NOTES_MARKER + notes)
 
 
 def main() -> None:
@@ -192,6 +267,7 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=None, help="seconds per repeat (default 1.0)")
     ap.add_argument("--only", default=None, help="run only configs whose name contains this string")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the layout/norm ablation (~2 minutes)")
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
     min_time = args.min_time or (0.3 if args.quick else 1.0)
@@ -203,12 +279,15 @@ def main() -> None:
                command="python benchmarks/unet.py" + (" --quick" if args.quick else ""))
     t0 = time.perf_counter()
     result = run(args.quick, repeats, min_time, args.only)
+    if not (args.quick or args.no_ablation or args.only):
+        print("\nablation (MNIST-sized, fp32):")
+        result["ablation"] = ablation(repeats, min_time)
     env["seconds"] = round(time.perf_counter() - t0, 1)
     md = markdown(result, env)
     print("\n" + md)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "unet.md").write_text(md)
+        write_markdown(RESULTS / "unet.md", md)
         (RESULTS / "unet.json").write_text(json.dumps({"env": env, **result}, indent=2))
         print(f"wrote {RESULTS / 'unet.md'} and {RESULTS / 'unet.json'} ({env['seconds']} s)")
 
