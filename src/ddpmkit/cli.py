@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .errors import DdpmkitError
+from .malloc import keep_freed_memory
 
 EXIT_USER_ERROR = 2
 
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "sample", "eval"):
+        keep_freed_memory()  # glibc: reuse freed activations instead of page-faulting them in every step
     try:
         if args.command == "train":
             return cmd_train(args)

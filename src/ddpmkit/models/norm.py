@@ -8,24 +8,20 @@ of shape (B, C) (adaptive GroupNorm, Dhariwal & Nichol 2021, sec. 3) and GroupNo
           = x * A + Bc                              A = rstd_g Gamma,  Bc = Beta - mu_g A      (B, C) each
     y     = silu(z)                                 (or z when ``act=False``)
 
-Why a hand-written function: PyTorch's native GroupNorm kernels are 1.5-7x slower on channels_last than
-on NCHW on this CPU (``.bench`` micro-benchmarks, e.g. fwd+bwd 6.6 vs 4.1 ms at 64x32x32x32), which ate
-the channels_last convolution gain. Here the statistics come from per-channel ``var_mean`` over the
-(B, HW, C) view of NHWC memory (a free view, reduced along a strided axis with unit-stride channels) and
-are merged per group with the parallel-axis theorem::
+Why a hand-written function: on the CPU, ATen's GroupNorm (forward + backward) is 1.5-4x slower on channels_last than
+on NCHW (fwd+bwd 6.6 vs 4.1 ms at 64x32x32x32, 13.6 vs 7.5 ms at 64x96x32x32; benchmarks/results/unet.md), which
+ate the channels_last convolution gain. The forward keeps ATen's GroupNorm kernel for the statistics (stable,
+layout-preserving), then one ``addcmul`` with the (B, C) coefficients and SiLU; without FiLM, ATen applies the
+per-channel affine itself. The backward is the GroupNorm gradient written with two per-channel sums::
 
-    mu_g = mean_c mu_c,     var_g = mean_c (var_c + (mu_c - mu_g)^2)
+    s_c = sum_hw dz,     q_c = sum_hw dz * x_hat            (= dL/dBeta_c and dL/dGamma_c for each sample)
+    S1_g = sum_{c in g} Gamma_c s_c,     S2_g = sum_{c in g} Gamma_c q_c,     N = D H W
+    dx = rstd_g (Gamma_c dz - S1_g / N - x_hat S2_g / N)
 
-so no layout conversion happens and the whole norm is three passes over the activation (statistics,
-``addcmul``, SiLU). The backward uses the standard GroupNorm gradient written with per-channel sums
-``s_c = sum_hw dz`` and ``p_c = sum_hw dz * x``::
-
-    sum_hw dz x_hat = rstd_g (p_c - mu_g s_c)                       (per channel)
-    S1_g = sum_{c in g} Gamma_c s_c,   S2_g = sum_{c in g} Gamma_c rstd_g (p_c - mu_g s_c),   N = D H W
-    dx = A dz  -  rstd_g^2 S2_g / N * x  +  rstd_g (mu_g rstd_g S2_g - S1_g) / N
-
-i.e. two ``addcmul`` passes. Statistics and coefficients are float32 (float64 for float64 input); the
-activation passes run in the input's dtype, so bf16 autocast tensors are never copied to float32 whole.
+i.e. two reductions and two ``addcmul`` passes over the activation, in whatever layout it has ((B, C, HW) or
+(B, HW, C) views, no copies). Where only ``x`` is kept (no FiLM), ``q_c = rstd_g (sum_hw dz x - mu_g s_c)``.
+Coefficients are float32 (float64 for float64 input); the activation passes run in the input's dtype, so
+bf16 autocast activations are never copied to float32 whole.
 """
 
 from __future__ import annotations
@@ -100,7 +96,7 @@ class _GroupNormFiLMAct(torch.autograd.Function):
         G = ctx.num_groups
         D, N, cdt = C // G, (C // G) * H * W, rstd_g.dtype
         dy = _like(dy, base)
-        dz = torch.ops.aten.silu_backward(dy, z) if ctx.act else dy
+        dz = _like(torch.ops.aten.silu_backward(dy, z), base) if ctx.act else dy
         bv, red = _channel_view(base)
         dzv, _ = _channel_view(dz)
         rstd_c = rstd_g.repeat_interleave(D, 1)
