@@ -93,18 +93,19 @@ def test_non_contiguous_input_and_gradient_in_the_other_layout():
     torch.testing.assert_close(gx, gx_ref)
 
 
-def test_bf16_autocast_close_to_stock_ops():
+@pytest.mark.parametrize("film", [True, False])
+def test_bf16_autocast_close_to_stock_ops(film):
     """Under CPU bf16 autocast the fused and the stock composition agree to bf16 precision."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
     x = torch.randn(4, 32, 8, 8).to(memory_format=torch.channels_last)
-    _, weight, bias, scale, shift = make_inputs("channels_last", True, dtype=torch.float32, shape=(4, 32, 8, 8))
+    _, weight, bias, scale, shift = make_inputs("channels_last", film, dtype=torch.float32, shape=(4, 32, 8, 8))
     results = []
     for fn in (group_norm_film_act, group_norm_film_act_composed):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = fn(conv(x), 8, weight, bias, scale, shift)
         assert y.dtype == torch.bfloat16
-        params = (conv.weight, weight, scale)
+        params = (conv.weight, weight, bias) + ((scale,) if film else ())
         grads = torch.autograd.grad(y.float().square().mean(), params)
         results.append((y.float(),) + grads)
     for a, b in zip(*results):
