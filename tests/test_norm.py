@@ -139,3 +139,22 @@ def test_unet_gradients_equal_in_both_memory_formats():
         m(x, t).square().mean().backward()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_unet_bf16_autocast_gradients_close_to_fp32():
+    """A training backward through the fused norm under bf16 autocast stays close to the fp32 gradients."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.named("tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([1, 300, 600, 999])
+    model(x, t).square().mean().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t)
+    out.float().square().mean().backward()
+    flat_ref = torch.cat([g.flatten() for g in ref.values()])
+    flat = torch.cat([p.grad.flatten() for _, p in model.named_parameters()])
+    assert ((flat - flat_ref).norm() / flat_ref.norm()).item() < 0.05
