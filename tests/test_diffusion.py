@@ -178,3 +178,27 @@ def test_bad_config():
         Diffusion(NoiseSchedule.linear(100).rescale_zero_terminal_snr(), prediction="eps")
     d = Diffusion.from_dict(make("v", min_snr_gamma=5.0).to_dict())
     assert d.prediction.value == "v" and d.min_snr_gamma == 5.0
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_no_float64_tensor_is_moved_to_an_accelerator(monkeypatch, prediction):
+    """MPS has no float64: the float64 schedule must be cast before it leaves the CPU. PyTorch's "meta" device
+    stands in for the accelerator; any float64 tensor sent to a non-CPU device fails the test."""
+    original_to = torch.Tensor.to
+
+    def guarded_to(self, *args, **kwargs):
+        out = original_to(self, *args, **kwargs)
+        if out.device.type != "cpu" and out.dtype == torch.float64:
+            raise AssertionError("a float64 tensor was moved to a non-CPU device")
+        return out
+
+    diffusion = Diffusion(NoiseSchedule.cosine(100), prediction=prediction, min_snr_gamma=5.0)
+    x0 = torch.empty(4, 1, 8, 8, device="meta")
+    t = torch.zeros(4, dtype=torch.long, device="meta")
+    monkeypatch.setattr(torch.Tensor, "to", guarded_to)
+    terms = diffusion.training_losses(lambda x, tt: torch.zeros_like(x), x0, t=t, noise=torch.empty_like(x0))
+    assert terms.loss.device.type == "meta"
+    out = diffusion.p_mean_variance(torch.zeros_like(x0), x0, t)
+    assert out.mean.device.type == "meta" and out.variance.dtype == torch.float32
+    with pytest.raises(AssertionError, match="float64"):  # and the guard does catch such a move
+        torch.ones(2, dtype=torch.float64).to("meta")

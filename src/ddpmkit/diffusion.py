@@ -55,8 +55,12 @@ def _enum(kind: type[enum.Enum], value: object, what: str) -> enum.Enum:
 
 
 def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """values[t] as a (B, 1, 1, …) tensor in ``like``'s dtype and device, broadcastable against ``like``."""
-    out = values.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    """values[t] as a (B, 1, 1, …) tensor in ``like``'s dtype and device, broadcastable against ``like``.
+
+    The float64 schedule is cast to ``like``'s dtype before it moves: MPS has no float64, and casting before or
+    after the lookup gives the same numbers.
+    """
+    out = values.to(like.dtype).to(like.device)[t.to(like.device).long()]
     return out.reshape(t.shape[0], *([1] * (like.dim() - 1)))
 
 
@@ -237,7 +241,9 @@ class Diffusion:
         """
         if self.min_snr_gamma is None:
             return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-        snr = self.schedule.snr.to(t.device)[t]
+        # float64 only where the device has it (CPU, CUDA); MPS has none
+        snr_dtype = torch.float64 if t.device.type in ("cpu", "cuda") else torch.float32
+        snr = self.schedule.snr.to(snr_dtype).to(t.device)[t]
         clipped = snr.clamp(max=self.min_snr_gamma)
         if self.prediction is Prediction.EPS:
             weights = clipped / snr
