@@ -174,10 +174,13 @@ def group_norm_film_act_composed(
     been measured there.
     """
     B, C = x.shape[:2]
-    cdt = torch.promote_types(x.dtype, torch.float32)
-    x_hat = F.group_norm(x, num_groups, None, None, eps)
-    Gamma, Beta, _ = _film_coefficients(weight, bias, scale, shift, B, C, cdt, x.device)
-    z = torch.addcmul(Beta.to(x_hat.dtype).view(B, C, 1, 1), x_hat, Gamma.to(x_hat.dtype).view(B, C, 1, 1))
+    if scale is None and shift is None:  # no FiLM: GroupNorm applies its own affine, no extra pass
+        z = F.group_norm(x, num_groups, weight, bias, eps)
+    else:
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        x_hat = F.group_norm(x, num_groups, None, None, eps)
+        Gamma, Beta, _ = _film_coefficients(weight, bias, scale, shift, B, C, cdt, x.device)
+        z = torch.addcmul(Beta.to(x_hat.dtype).view(B, C, 1, 1), x_hat, Gamma.to(x_hat.dtype).view(B, C, 1, 1))
     if not act:
         return z
     # in place only without autograd: under autograd SiLU's backward needs its input
