@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.models import UNet, UNetConfig
-from ddpmkit.models.layers import AttentionBlock, group_norm_act, timestep_embedding
+from ddpmkit.models.layers import AttentionBlock, timestep_embedding
+from ddpmkit.models.norm import group_norm_film_act
 
 
 def _small(image_size: int, mults: tuple[int, ...], **kw) -> UNetConfig:
@@ -189,7 +190,7 @@ def test_group_norm_act_matches_torch_reference(channels_last):
     s, sh = torch.randn(B, C), torch.randn(B, C)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     w1, w2 = w.clone().requires_grad_(), w.clone().requires_grad_()
-    y1 = group_norm_act(x1, G, w1, b, s, sh, act=True)
+    y1 = group_norm_film_act(x1, G, w1, b, s, sh, act=True)
     ref = F.silu(F.group_norm(x2, G, w2, b, eps=1e-5) * (1 + s[:, :, None, None]) + sh[:, :, None, None])
     torch.testing.assert_close(y1, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(ref)

@@ -1,7 +1,7 @@
 """UNet building blocks: time embedding, fused GroupNorm(+FiLM)+SiLU, residual block, attention, resampling.
 
 Speed notes (measured, see benchmarks/results/unet.md): the norm + FiLM + SiLU of every ResBlock is one
-autograd function (:func:`group_norm_act`, :mod:`ddpmkit.models.norm`).
+autograd function (:func:`ddpmkit.models.norm.group_norm_film_act`).
 """
 
 from __future__ import annotations
@@ -34,27 +34,6 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return emb
 
 
-def group_norm_act(
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor,
-    bias: Tensor,
-    scale: Tensor | None = None,
-    shift: Tensor | None = None,
-    act: bool = True,
-    eps: float = 1e-5,
-) -> Tensor:
-    """GroupNorm, optional FiLM, optional SiLU in one autograd function (:mod:`ddpmkit.models.norm`).
-
-    ``y = silu( GroupNorm(x; gamma, beta) * (1 + scale) + shift )``
-
-    (adaptive GroupNorm, Dhariwal & Nichol 2021, sec. 3). Everything but the normalised activation is per
-    (sample, channel), so the affine and FiLM fold into one ``addcmul`` with (B, C) coefficients, and the
-    backward is written by hand (fast on channels_last, where ATen's GroupNorm backward is slow).
-    """
-    return group_norm_film_act(x, num_groups, weight, bias, scale, shift, act, eps)
-
-
 class GroupNormAct(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters and state-dict names) with optional FiLM and SiLU fused in."""
 
@@ -63,7 +42,7 @@ class GroupNormAct(nn.GroupNorm):
         self.act = act
 
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-        return group_norm_act(x, self.num_groups, self.weight, self.bias, scale, shift, self.act, self.eps)
+        return group_norm_film_act(x, self.num_groups, self.weight, self.bias, scale, shift, self.act, self.eps)
 
 
 def zero_(module: nn.Module) -> nn.Module:
