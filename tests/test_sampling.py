@@ -7,7 +7,17 @@ import torch
 
 from ddpmkit.diffusion import Diffusion
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.sampling import ddim, ddpm, dpmpp_2m, sample, timestep_spacing
+from ddpmkit.sampling import (
+    NULL_LABEL,
+    SAMPLER_DEFAULTS,
+    check_sampler_args,
+    ddim,
+    ddpm,
+    dpmpp_2m,
+    guided_model_fn,
+    sample,
+    timestep_spacing,
+)
 from ddpmkit.schedule import NoiseSchedule
 
 MU, SIGMA = 0.3, 0.5
@@ -77,9 +87,9 @@ def test_ddim_eta1_full_steps_equals_ddpm_fixed_small():
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     traj_a, traj_b = [], []
     ddpm(model, d, x_T.clone(), generator=torch.Generator().manual_seed(7),
-         callback=lambda i, t, x, x0: traj_a.append(x.clone()))
+         callback=lambda step: traj_a.append(step.x.clone()))
     ddim(model, d, x_T.clone(), steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7),
-         callback=lambda i, t, x, x0: traj_b.append(x.clone()))
+         callback=lambda step: traj_b.append(step.x.clone()))
     assert len(traj_a) == len(traj_b) == 1000
     assert max((p - q).abs().max().item() for p, q in zip(traj_a, traj_b)) < 1e-4
 
@@ -156,29 +166,91 @@ def test_sample_entry_point_callback_and_errors():
     d = Diffusion(NoiseSchedule.cosine(50))
     seen = []
     out = sample(lambda x, t: 0.1 * x, d, (3, 1, 5, 5), sampler="ddim", steps=7,
-                 generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: seen.append((i, t)))
+                 generator=torch.Generator().manual_seed(0), callback=seen.append)
     assert out.shape == (3, 1, 5, 5) and out.dtype == torch.float32
-    assert [i for i, _ in seen] == list(range(7)) and seen[0][1] == 49
+    assert [s.i for s in seen] == list(range(7)) and seen[0].t == 49 and {s.num_steps for s in seen} == {7}
+    assert [s.t for s in seen] == timestep_spacing(50, 7, "trailing").tolist()
+    # each record chains: the x a step produced is the x_t the next step saw; the last x is the output
+    assert all(torch.equal(a.x, b.x_t) for a, b in zip(seen, seen[1:])) and torch.equal(seen[-1].x, out)
+    # x̂_0 and ε̂ are consistent with x_t: x_t = √ᾱ_t x̂_0 + √(1-ᾱ_t) ε̂ (clipping recomputes ε̂ from x̂_0)
+    ac = d.schedule.alphas_cumprod
+    for s in seen:
+        a = float(ac[s.t])
+        assert torch.allclose(a**0.5 * s.x0 + (1 - a) ** 0.5 * s.eps, s.x_t, atol=1e-5)
     with pytest.raises(DdpmkitError, match="sampler"):
         sample(lambda x, t: x, d, (1, 1, 2, 2), sampler="euler")
-    with pytest.raises(DdpmkitError, match="labels"):
+    with pytest.raises(DdpmkitError, match="condition"):
         sample(lambda x, t: x, d, (1, 1, 2, 2), guidance=3.0)
 
 
+def labelled_model(x, t, labels):
+    """Predicts its label (the null label predicts 10), plus a variance channel that tells cond from null."""
+    value = torch.where(labels == NULL_LABEL, torch.full_like(labels, 10), labels).float().reshape(-1, 1, 1, 1)
+    variance = (labels == NULL_LABEL).float().reshape(-1, 1, 1, 1) - 0.5
+    return torch.cat([x * 0 + value, x * 0 + variance], dim=1)
+
+
 def test_classifier_free_guidance_combines_conditional_and_null():
-    class Conditional(torch.nn.Module):
-        class config:  # noqa: N801 - mimics UNetConfig.num_classes
-            num_classes = 10
-
-        def forward(self, x, t, labels):
-            return x * 0 + labels.float().reshape(-1, 1, 1, 1)  # predicts its label; the null class is 10
-
-    from ddpmkit.sampling import guided_model_fn
-    fn = guided_model_fn(Conditional(), torch.tensor([2, 4]), guidance=3.0)
+    """The null condition comes from the condition itself (labels -> NULL_LABEL), not from the model's config."""
+    fn = guided_model_fn(labelled_model, {"labels": torch.tensor([2, 4])}, guidance=3.0)
     out = fn(torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]))
-    # ε_∅ + w (ε_c - ε_∅) = 10 + 3 (c - 10)
-    assert out[0].unique().item() == pytest.approx(10 + 3 * (2 - 10))
-    assert out[1].unique().item() == pytest.approx(10 + 3 * (4 - 10))
+    # ε_∅ + w (ε_c - ε_∅) = 10 + 3 (c - 10); the variance channel is the conditional one (-0.5)
+    assert out[0, 0].unique().item() == pytest.approx(10 + 3 * (2 - 10))
+    assert out[1, 0].unique().item() == pytest.approx(10 + 3 * (4 - 10))
+    assert out[:, 1].unique().tolist() == [-0.5]
+
+
+def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_exactly():
+    d = Diffusion(NoiseSchedule.cosine(50))
+    labels = torch.tensor([1, 3])
+
+    def model(x, t, labels):
+        return torch.tanh(x) * 0.5 + 0.1 * torch.where(labels == NULL_LABEL, 7, labels).float().reshape(-1, 1, 1, 1)
+
+    def run(**kwargs):
+        return sample(model, d, (2, 1, 3, 3), steps=5, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    conditional = run(model_kwargs={"labels": labels})
+    assert torch.equal(run(model_kwargs={"labels": labels}, guidance=1.0), conditional)
+    unconditional = run(model_kwargs={"labels": torch.full_like(labels, NULL_LABEL)})
+    assert torch.equal(run(model_kwargs={"labels": labels}, guidance=0.0), unconditional)
+    assert not torch.allclose(conditional, unconditional)
+    # an explicit unconditional input replaces the implied one
+    other = run(model_kwargs={"labels": labels}, guidance=0.0, uncond_kwargs={"labels": torch.tensor([5, 5])})
+    assert torch.equal(other, run(model_kwargs={"labels": torch.tensor([5, 5])}))
+    with pytest.raises(DdpmkitError, match="null of condition 'context'"):
+        guided_model_fn(model, {"context": torch.zeros(2, 4, 8)}, 2.0)
+
+
+def test_any_callable_model_samples_without_parameters_and_the_device_comes_from_x():
+    """An analytic nn.Module without parameters (the Gaussian oracle as a module) needs no next(parameters())."""
+    d = Diffusion(NoiseSchedule.cosine(1000))
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t):
+            return oracle_eps(d)(x, t)
+
+    out = sample(Oracle(), d, (4, 1), steps=10, x_T=torch.zeros(4, 1))
+    assert out.device.type == "cpu" and torch.isfinite(out).all()
+
+
+def test_one_default_step_count_per_sampler_and_one_validation():
+    assert {k: v.steps for k, v in SAMPLER_DEFAULTS.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20}
+    assert check_sampler_args("ddpm", None, 0.0, 1000).steps == 1000
+    assert check_sampler_args("ddim", None, 0.0, 1000).steps == 50
+    assert check_sampler_args("ddim", None, 0.0, 30).steps == 30  # a default beyond T is cut to T
+    assert check_sampler_args("dpm++2m", None, 0.0, 1000).steps == 20
+    assert check_sampler_args("dpm++2m", 10, 0.7, 1000).eta == 0.0  # η means nothing to DPM-Solver++
+    for bad, match in [(("euler", None, 0.0), "sampler"), (("ddim", 0, 0.0), "steps"), (("ddim", 1001, 0.0), "steps"),
+                       (("ddim", 10, 1.5), "eta"), (("ddim", 10, -0.1), "eta")]:
+        with pytest.raises(DdpmkitError, match=match):
+            check_sampler_args(*bad, 1000)
+    # sample() uses the same defaults: a callback counts the model evaluations
+    d = Diffusion(NoiseSchedule.cosine(100))
+    for sampler, expected in [("ddpm", 100), ("ddim", 50), ("dpm++2m", 20)]:
+        seen = []
+        sample(lambda x, t: 0.1 * x, d, (1, 1, 2, 2), sampler=sampler, callback=seen.append)
+        assert len(seen) == expected, sampler
 
 
 def oracle_prediction(diffusion):
@@ -226,3 +298,52 @@ def test_respaced_ddpm_oracle_reaches_the_data_distribution():
                generator=g, clip_denoised=False)
     assert abs(out.mean().item() - MU) < 4 * SIGMA / math.sqrt(20_000)
     assert out.std().item() == pytest.approx(SIGMA, rel=0.03)
+
+
+def reference_respaced_ddpm(model, diffusion, x, steps, generator):
+    """The respaced DDPM written out in scalars (the pre-refactor code): β' = 1 - ᾱ_t/ᾱ_s on the subsequence."""
+    ts = timestep_spacing(diffusion.num_steps, steps, "linspace").tolist()
+    ac = diffusion.schedule.alphas_cumprod
+    for i, t in enumerate(ts):
+        a_t = float(ac[t])
+        a_s = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        beta = 1.0 - a_t / a_s
+        eps = model(x, torch.full((x.shape[0],), t))
+        x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
+        x = math.sqrt(a_s) * beta / (1 - a_t) * x0 + math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * x
+        if i + 1 < len(ts):
+            small = beta * (1 - a_s) / (1 - a_t)
+            x = x + math.sqrt(small) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
+
+
+def test_respaced_ddpm_equals_the_scalar_reference():
+    d = Diffusion(NoiseSchedule.linear(1000))
+    model = lambda x, t: torch.sin(3 * x) * 0.5 + (t.float() / 1000).reshape(-1, 1, 1, 1)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = ddpm(model, d, x_T.clone(), steps=25, generator=torch.Generator().manual_seed(1))
+    ref = reference_respaced_ddpm(model, d, x_T.clone(), 25, torch.Generator().manual_seed(1))
+    assert torch.allclose(ours, ref, atol=1e-10), (ours - ref).abs().max()
+
+
+def test_respace_builds_the_shorter_process():
+    """ᾱ'_i = ᾱ_{t_i}, β'_i = 1 - ᾱ'_i/ᾱ'_{i-1}; its posterior is the usual one over β'; all T steps is a no-op."""
+    d = Diffusion(NoiseSchedule.cosine(1000), variance="fixed_large")
+    kept = [999, 700, 350, 120, 7]
+    p = d.respace(kept)
+    ac = d.schedule.alphas_cumprod
+    assert p.num_steps == 5 and p.timesteps.tolist() == sorted(kept) and p.is_respaced
+    assert torch.equal(p.schedule.alphas_cumprod, ac[sorted(kept)])
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[sorted(kept)][:-1]])
+    beta = 1 - ac[sorted(kept)] / prev
+    assert torch.allclose(p.schedule.betas, beta, rtol=1e-12)
+    assert torch.allclose(p.schedule.posterior_variance, beta * (1 - prev) / (1 - ac[sorted(kept)]), rtol=1e-12)
+    # fixed_large on the respaced process: β'_i, with β̃'_1 standing in at i = 0 (as improved-diffusion)
+    step = p.p_mean_variance(torch.zeros(5, 1), torch.zeros(5, 1), torch.arange(5))
+    assert torch.allclose(step.variance.flatten()[1:].double(), beta[1:].to(step.variance.dtype).double())
+    assert d.respace(range(1000)) is d
+    with pytest.raises(DdpmkitError, match="0..999"):
+        d.respace([1000])
+    # zero terminal SNR survives respacing exactly
+    z = Diffusion(NoiseSchedule.cosine(1000).rescale_zero_terminal_snr(), prediction="v").respace([999, 500, 0])
+    assert z.schedule.alphas_cumprod[-1].item() == 0.0 and z.schedule.betas[-1].item() == 1.0

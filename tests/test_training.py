@@ -17,7 +17,13 @@ import torch
 from ddpmkit.config import RunConfig
 from ddpmkit.data import ImageArray
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.training import EMA, Trainer, list_checkpoints, load_checkpoint, lr_at
+from ddpmkit.checkpoint import load_checkpoint
+from ddpmkit.run import RunFolder
+from ddpmkit.training import EMA, Trainer, lr_at
+
+
+def list_checkpoints(run_dir):
+    return RunFolder(run_dir).checkpoints()
 
 
 def tiny_data(n: int = 40, size: int = 8, seed: int = 0) -> ImageArray:
@@ -98,7 +104,8 @@ CHILD = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     from test_training import tiny_config, tiny_data
-    from ddpmkit.training import Trainer, checkpoint
+    from ddpmkit import checkpoint
+    from ddpmkit.training import Trainer
 
     real = checkpoint._save_tensors
     calls = []

@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 from .diffusion import Diffusion, LossType, Prediction, Variance  # noqa: E402
 from .errors import DdpmkitError  # noqa: E402
 from .models import UNet, UNetConfig  # noqa: E402
-from .sampling import ddim, ddpm, dpmpp_2m, sample, timestep_spacing  # noqa: E402
+from .run import RunFolder  # noqa: E402
+from .sampling import SamplerStep, ddim, ddpm, dpmpp_2m, sample, timestep_spacing  # noqa: E402
 from .schedule import NoiseSchedule  # noqa: E402
 
 
@@ -33,5 +34,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ddpmkit' has no attribute {name!r}")
 
 
-__all__ = ["DdpmkitError", "Diffusion", "LossType", "NoiseSchedule", "Pipeline", "Prediction", "RunConfig",
-           "Trainer", "UNet", "UNetConfig", "Variance", "ddim", "ddpm", "dpmpp_2m", "sample", "timestep_spacing"]
+__all__ = ["DdpmkitError", "Diffusion", "LossType", "NoiseSchedule", "Pipeline", "Prediction", "RunConfig", "RunFolder",
+           "SamplerStep", "Trainer", "UNet", "UNetConfig", "Variance", "ddim", "ddpm", "dpmpp_2m", "sample",
+           "timestep_spacing"]

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from .errors import DdpmkitError
 from .malloc import keep_freed_memory
+from .sampling import SAMPLER_DEFAULTS, SAMPLERS
+
+DEFAULT_STEPS_HELP = ", ".join(f"{name} {d.steps or 'all T'}" for name, d in SAMPLER_DEFAULTS.items())
 
 EXIT_USER_ERROR = 2
 
@@ -38,8 +41,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a run or checkpoint")
     p.add_argument("run", type=Path, help="run folder (its newest checkpoint) or checkpoint folder")
     p.add_argument("--num", type=int, default=64)
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm++2m"))
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: ddim 50, dpm++2m 20, ddpm all T)")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {DEFAULT_STEPS_HELP})")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
@@ -69,25 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_train_config(args: argparse.Namespace):
     """(config, run folder, checkpoint to resume or None) from the train flags."""
     from .config import load_preset
-    from .training.checkpoint import CHECKPOINT_DIR, resolve_checkpoint
+    from .run import RunFolder
 
     resume_path = None
     if args.resume is not None:
         if args.resume == "latest":
-            run_dir = args.out or Path("runs") / Path(args.preset).stem
-            resume_path = resolve_checkpoint(run_dir)
+            run = RunFolder(args.out or Path("runs") / Path(args.preset).stem)
+            resume_path = run.latest_checkpoint()
         else:
-            resume_path = resolve_checkpoint(Path(args.resume))
-            run_dir = args.out or (resume_path.parent.parent if resume_path.parent.name == CHECKPOINT_DIR
-                                   else resume_path.parent)
-        config = _checkpoint_config(resume_path)
+            run, resume_path = RunFolder.locate(Path(args.resume))
+            run = RunFolder(args.out) if args.out else run
+        config = run.load_config(resume_path)
     else:
         config = load_preset(args.preset)
-        run_dir = args.out or Path("runs") / Path(args.preset).stem
-        from .training.checkpoint import list_checkpoints
-
-        if list_checkpoints(run_dir):
-            raise DdpmkitError(f"{run_dir} already holds a trained run; pass --resume to continue it "
+        run = RunFolder(args.out or Path("runs") / Path(args.preset).stem)
+        if run.has_checkpoints():
+            raise DdpmkitError(f"{run.path} already holds a trained run; pass --resume to continue it "
                                "or --out NEW_FOLDER to start another")
     flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
              "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed}
@@ -97,21 +97,7 @@ def resolve_train_config(args: argparse.Namespace):
     if args.epochs is not None:
         assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
     config.override(assignments + list(args.overrides))
-    return config, Path(run_dir), resume_path
-
-
-def _checkpoint_config(checkpoint: Path):
-    """The config a checkpoint was trained with: its run folder's config.yaml, else the copy in its state.json."""
-    from .config import RunConfig
-    from .training.checkpoint import load_checkpoint
-
-    config_file = checkpoint.parent.parent / "config.yaml"
-    if config_file.exists():
-        return RunConfig.load(config_file)
-    _, state = load_checkpoint(checkpoint, names=("ema",))
-    if "config" not in state:
-        raise DdpmkitError(f"{checkpoint} holds no config; pass --preset with the settings it was trained with")
-    return RunConfig.from_dict(state["config"], where=f"{checkpoint}/state.json")
+    return config, run.path, resume_path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -150,7 +136,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.gif:
         if args.num > args.batch_size:
             raise DdpmkitError("--gif records one batch: use --num no larger than --batch-size")
-        callback = lambda i, t, x, x0: frames.append(make_grid(to_uint8(x.clamp(-1, 1).cpu())))
+        callback = lambda step: frames.append(make_grid(to_uint8(step.x.clamp(-1, 1).cpu())))
     start = time.perf_counter()
     images = pipe.generate(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                            labels=labels, guidance=args.guidance, batch_size=args.batch_size, progress=True,

@@ -15,8 +15,9 @@ with x̂_0 in place of x_0 and a fixed variance (``Variance``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -128,13 +129,46 @@ class Diffusion:
             large = torch.cat([first, s.betas[1:]])
             self._var, self._log_var = large, torch.log(large)
 
+        # The training timestep the model sees at each index: 0..T-1 here, the kept subsequence after respace().
+        self.timesteps = torch.arange(schedule.num_steps)
+
     @property
     def num_steps(self) -> int:
         return self.schedule.num_steps
 
     def __repr__(self) -> str:
+        spaced = f", respaced from {int(self.timesteps[-1]) + 1}" if self.is_respaced else ""
         return (f"Diffusion({self.schedule!r}, prediction={self.prediction.value}, "
-                f"variance={self.variance.value}, loss={self.loss_type.value}, min_snr_gamma={self.min_snr_gamma})")
+                f"variance={self.variance.value}, loss={self.loss_type.value}, min_snr_gamma={self.min_snr_gamma}"
+                f"{spaced})")
+
+    @property
+    def is_respaced(self) -> bool:
+        return not torch.equal(self.timesteps, torch.arange(self.num_steps))
+
+    def respace(self, timesteps: Sequence[int] | Tensor) -> Diffusion:
+        """The same process observed only at ``timesteps``: a K-step diffusion over the kept subsequence.
+
+        Nichol & Dhariwal 2021, section 4 (improved-diffusion's ``SpacedDiffusion``): with t_0 < … < t_{K-1},
+
+            ᾱ'_i = ᾱ_{t_i},   β'_i = 1 - ᾱ'_i / ᾱ'_{i-1}   (ᾱ'_{-1} = 1),
+
+        so the posterior q(x_{i-1} | x_i, x_0), the reverse step, a learned variance's interpolation between β'_i and
+        β̃'_i, and the variational bound are the usual formulas over β'. Index i of the result is timestep
+        ``timesteps[i]`` of this process, which is what the model is called with (``result.timesteps[i]``).
+        All T timesteps give back this process unchanged.
+        """
+        kept = torch.as_tensor(timesteps, dtype=torch.long).flatten().unique(sorted=True)
+        if kept.numel() < 1 or kept[0] < 0 or kept[-1] >= self.num_steps:
+            raise DdpmkitError(f"respaced timesteps must lie in 0..{self.num_steps - 1}")
+        if kept.numel() == self.num_steps:
+            return self
+        schedule = NoiseSchedule.from_alphas_cumprod(self.schedule.alphas_cumprod[kept], "respaced",
+                                                     {"of": self.schedule.kind, "steps": int(kept.numel())})
+        spaced = Diffusion(schedule, self.prediction.value, self.variance.value, self.loss_type.value,
+                           self.min_snr_gamma)
+        spaced.timesteps = self.timesteps[kept]
+        return spaced
 
     # ----- forward process ----------------------------------------------------------------------------------
 
@@ -213,17 +247,19 @@ class Diffusion:
 
     def p_mean_variance(
         self,
-        prediction: Tensor,
+        model_output: Tensor,
         x_t: Tensor,
         t: Tensor,
         clip_denoised: bool = True,
         dynamic_threshold: float | None = None,
     ) -> ReverseStep:
-        """p(x_{t-1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²) for a model prediction at x_t.
+        """p(x_{t-1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²) for the model's output at x_t (t indexes this process).
 
+        The prediction is the output's first C channels (a learned variance's channels are not used yet).
         x̂_0 is optionally clipped to [-1, 1] or dynamically thresholded (Imagen); ε̂ is then recomputed from the
         clipped x̂_0 so that every sampler sees a consistent pair.
         """
+        prediction = self.split_output(model_output, x_t.shape[1]).to(x_t.dtype)
         x0, eps = self.predict_x0_eps(prediction, x_t, t)
         if dynamic_threshold is not None or clip_denoised:
             x0 = dynamic_thresholding(x0, dynamic_threshold) if dynamic_threshold is not None else x0.clamp(-1, 1)
@@ -263,14 +299,15 @@ class Diffusion:
         self,
         model: Callable[..., Tensor],
         x0: Tensor,
-        labels: Tensor | None = None,
+        model_kwargs: dict[str, Any] | None = None,
         t: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> LossTerms:
         """Draw t and ε, noise x_0 to x_t, and score the model's prediction of the target.
 
-        per_sample_i = w(t_i) · mean over pixels of ℓ(model(x_t, t)_i - target_i), ℓ = squared or absolute error.
+        per_sample_i = w(t_i) · mean over pixels of ℓ(model(x_t, t, **model_kwargs)_i - target_i), ℓ = squared or
+        absolute error. ``model_kwargs`` carries the conditioning (e.g. ``{"labels": y}``), one row per sample.
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
@@ -278,7 +315,7 @@ class Diffusion:
             noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
                                 dtype=x0.dtype).to(x0.device)
         x_t = self.q_sample(x0, t, noise)
-        output = model(x_t, t) if labels is None else model(x_t, t, labels)
+        output = model(x_t, t, **(model_kwargs or {}))
         prediction = self.split_output(output, x0.shape[1]).float()
         target = self.target(x0, noise, t).float()
         if self.loss_type is LossType.MSE:
@@ -289,9 +326,10 @@ class Diffusion:
         per_sample = error.flatten(1).mean(dim=1) * weights
         return LossTerms(per_sample.mean(), per_sample.detach(), weights, t)
 
-    def loss(self, model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None = None, **kwargs) -> Tensor:
+    def loss(self, model: Callable[..., Tensor], x0: Tensor, model_kwargs: dict[str, Any] | None = None,
+             **kwargs: Any) -> Tensor:
         """The scalar training loss (see :meth:`training_losses`)."""
-        return self.training_losses(model, x0, labels, **kwargs).loss
+        return self.training_losses(model, x0, model_kwargs, **kwargs).loss
 
     # ----- config ---------------------------------------------------------------------------------------------
 

@@ -1,20 +1,25 @@
-"""Load a trained run (or one checkpoint) and generate images with any sampler."""
+"""Load a trained run (or one checkpoint) and generate images with any sampler.
+
+Loading needs the run folder, the checkpoint format, the UNet and the diffusion math; it never imports training.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint
+from .device import autocast_dtype, select_device
 from .diffusion import Diffusion
 from .errors import DdpmkitError
 from .models import UNet, UNetConfig
-from .sampling import SAMPLERS, sample
-from .training.checkpoint import load_checkpoint, resolve_checkpoint
-from .training.device import autocast_dtype, select_device
+from .run import RunFolder
+from .sampling import Callback, check_sampler_args, sample
 from .viz import to_uint8
 
 
@@ -26,10 +31,10 @@ class Pipeline:
     """
 
     def __init__(self, model: UNet, diffusion: Diffusion, device: torch.device, precision: str = "fp32",
-                 checkpoint: Path | None = None, state: dict | None = None):
+                 checkpoint: Path | None = None, state: dict | None = None, run: RunFolder | None = None):
         self.model, self.diffusion, self.device = model.eval(), diffusion, device
         self.amp_dtype = autocast_dtype(precision, device)
-        self.checkpoint, self.state = checkpoint, state or {}
+        self.checkpoint, self.state, self.run = checkpoint, state or {}, run
         self.class_names = self.state.get("data", {}).get("class_names", [])
         self.step = self.state.get("step")
 
@@ -37,7 +42,7 @@ class Pipeline:
     def from_run(cls, path: str | Path, device: str = "auto", precision: str = "auto",
                  weights: str = "ema") -> Pipeline:
         """From a run folder (its newest checkpoint) or a checkpoint folder; ``weights`` is "ema" or "model"."""
-        folder = resolve_checkpoint(Path(path))
+        run, folder = RunFolder.locate(path)
         tensors, state = load_checkpoint(folder, names=(weights,))
         if weights not in tensors:
             raise DdpmkitError(f"{folder} has no {weights} weights; use weights='ema' or 'model'")
@@ -53,60 +58,68 @@ class Pipeline:
         except RuntimeError as exc:
             raise DdpmkitError(f"weights in {folder} do not fit the model its state.json describes: "
                                f"{str(exc).splitlines()[0]}") from exc
-        return cls(model.to(torch_device), diffusion, torch_device, precision, folder, state)
+        return cls(model.to(torch_device), diffusion, torch_device, precision, folder, state, run)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         c = self.model.config
         return (c.in_channels, c.image_size, c.image_size)
 
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.config.num_classes
+
+    def label_kwargs(self, labels: list[int] | torch.Tensor | np.ndarray, num: int) -> dict[str, torch.Tensor]:
+        """``{"labels": (num,) tensor}`` from one label or ``num`` labels, checked against the model's classes."""
+        label_tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
+        k = self.num_classes
+        if k is None:
+            raise DdpmkitError("this model is unconditional; drop --labels")
+        if label_tensor.numel() not in (1, num) or label_tensor.min() < 0 or label_tensor.max() >= k:
+            raise DdpmkitError(f"labels must be 1 or {num} values in 0..{k - 1}")
+        return {"labels": label_tensor.expand(num) if label_tensor.numel() == 1 else label_tensor}
+
     def generate(
         self,
         num: int,
         sampler: str = "ddim",
-        steps: int | None = 50,
+        steps: int | None = None,
         eta: float = 0.0,
         seed: int = 0,
-        labels: list[int] | torch.Tensor | None = None,
+        labels: list[int] | torch.Tensor | np.ndarray | None = None,
         guidance: float | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
         batch_size: int = 256,
         progress: bool = False,
-        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+        callback: Callback | None = None,
         return_tensor: bool = False,
     ) -> np.ndarray | torch.Tensor:
         """``num`` images as uint8 (N, H, W, C) (or float (N, C, H, W) in [-1, 1] with ``return_tensor``).
 
-        The initial noise comes from one generator seeded with ``seed`` and is drawn for all images up front, so
-        the deterministic samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
+        ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
+        with one row per image. Steps default per sampler (ddim 50, dpm++2m 20, ddpm all T). The initial noise
+        comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
+        samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """
         if num < 1 or batch_size < 1:
             raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")
-        if sampler not in SAMPLERS:
-            raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-        T = self.diffusion.num_steps
-        if steps is not None and not 1 <= steps <= T:
-            raise DdpmkitError(f"steps must be between 1 and {T}, got {steps}")
-        if not 0.0 <= eta <= 1.0:
-            raise DdpmkitError(f"eta must be in [0, 1], got {eta}")
-        label_tensor = None
+        settings = check_sampler_args(sampler, steps, eta, self.diffusion.num_steps)
+        kwargs = dict(model_kwargs or {})
         if labels is not None:
-            label_tensor = torch.as_tensor(labels, dtype=torch.long).flatten()
-            k = self.model.config.num_classes
-            if k is None:
-                raise DdpmkitError("this model is unconditional; drop --labels")
-            if label_tensor.numel() not in (1, num) or label_tensor.min() < 0 or label_tensor.max() >= k:
-                raise DdpmkitError(f"labels must be 1 or {num} values in 0..{k - 1}")
-            label_tensor = label_tensor.expand(num) if label_tensor.numel() == 1 else label_tensor
+            kwargs.update(self.label_kwargs(labels, num))
+        if guidance is not None and guidance != 1.0 and not kwargs:
+            raise DdpmkitError("guidance needs labels: pass the classes to generate (--labels)"
+                               if self.num_classes else "this model is unconditional; drop --guidance")
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((num, *self.image_shape), generator=generator)
         outputs = []
-        bar = tqdm(total=num, desc=f"{sampler} {steps or ''}".strip(), unit="img", disable=not progress)
+        bar = tqdm(total=num, desc=f"{settings.sampler} {settings.steps}", unit="img", disable=not progress)
         for start in range(0, num, batch_size):
             chunk = noise[start:start + batch_size]
-            chunk_labels = None if label_tensor is None else label_tensor[start:start + batch_size]
-            images = sample(self.model, self.diffusion, chunk.shape, sampler=sampler, steps=steps, eta=eta,
-                            labels=chunk_labels, guidance=guidance, generator=generator, x_T=chunk,
-                            device=self.device, autocast_dtype=self.amp_dtype, callback=callback)
+            chunk_kwargs = {k: v[start:start + batch_size] for k, v in kwargs.items()}
+            images = sample(self.model, self.diffusion, chunk.shape, sampler=settings.sampler, steps=settings.steps,
+                            eta=settings.eta, model_kwargs=chunk_kwargs, guidance=guidance, generator=generator,
+                            x_T=chunk, device=self.device, autocast_dtype=self.amp_dtype, callback=callback)
             outputs.append(images.cpu())
             bar.update(len(chunk))
         bar.close()

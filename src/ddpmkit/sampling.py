@@ -1,30 +1,95 @@
-"""Samplers as plain functions over a ``model_fn(x_t, t) -> prediction`` (k-diffusion's shape, ours in code).
+"""Sampling: one loop over a respaced process; each sampler is a step rule.
 
-Each sampler starts from x_T ~ N(0, I) and walks a descending list of timesteps. ``callback(i, t, x, x0)`` is
-called after every step with the new x and the step's x̂_0 (progress bars and denoising animations use it).
+    timesteps = timestep_spacing(T, K, spacing)       t_{K-1} > … > t_0, built outside any sampler
+    process   = diffusion.respace(timesteps)          a K-step diffusion: ᾱ'_i = ᾱ_{t_i}, β'_i = 1 - ᾱ'_i/ᾱ'_{i-1}
+    for i = K-1, …, 0:
+        out = process.p_mean_variance(model(x, t_i, **model_kwargs), x, i)     x̂_0, ε̂, μ̃'_i, σ'_i²
+        x   = step(process, i, x, out)                                         the sampler's update
 
-- ``ddpm``: ancestral sampling p(x_{t-1} | x_t) over all T steps (Ho et al. 2020), or a respaced subsequence
-  (Nichol & Dhariwal 2021, section 4) when ``steps`` < T.
-- ``ddim``: Song et al. 2021, eq. 12, with η ∈ [0, 1] on any subsequence; deterministic for η = 0.
-- ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022), second-order multistep in x̂_0 space.
+The step rules (all on the respaced process, where "previous" means index i - 1 and ᾱ'_{-1} = 1):
+
+- ``ddpm``: ancestral p(x_{i-1} | x_i) (Ho et al. 2020); over all T steps the textbook chain, on a subsequence
+  the respaced chain of Nichol & Dhariwal 2021, section 4.
+- ``ddim``: Song et al. 2021, eq. 12, with η ∈ [0, 1]; deterministic for η = 0.
+- ``dpm++2m``: DPM-Solver++(2M) (Lu et al. 2022), second-order multistep in x̂_0 space.
+
+After every step ``callback`` receives one :class:`SamplerStep` record (i, t, x, x̂_0, ε̂, …): new fields can be
+added without breaking callers. Conditioning travels as ``model_kwargs`` (improved-diffusion's name): labels,
+a cross-attention context, anything the model's forward takes by keyword.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .diffusion import Diffusion, Variance
+from .diffusion import Diffusion, ReverseStep
 from .errors import DdpmkitError
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[int, int, Tensor, Tensor], None]
+NoiseFn = Callable[[], Tensor]
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 SPACINGS = ("leading", "trailing", "linspace")
+NULL_LABEL = -1  # the "no class" label of classifier-free guidance; a class-conditional UNet maps it to its null class
+
+
+@dataclass(frozen=True)
+class SamplerDefaults:
+    """What a sampler does when the caller does not say: its step count (None: all T) and timestep spacing;
+    ``uses_eta`` says whether η means anything to it (the others ignore it)."""
+
+    steps: int | None
+    spacing: str
+    uses_eta: bool = False
+
+
+# One default per sampler, used by Python (sample, Pipeline) and the CLI alike.
+SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
+    "ddpm": SamplerDefaults(steps=None, spacing="linspace"),  # the full chain; respaced as improved-diffusion does
+    "ddim": SamplerDefaults(steps=50, spacing="trailing", uses_eta=True),  # Lin et al. 2024: trailing starts at T-1
+    "dpm++2m": SamplerDefaults(steps=20, spacing="trailing"),  # Lu et al. 2022: 15-20 steps for good samples
+}
+SAMPLERS = tuple(SAMPLER_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """A checked sampler configuration: name, number of steps, spacing and η."""
+
+    sampler: str
+    steps: int
+    spacing: str
+    eta: float
+
+    def timesteps(self, num_train_steps: int) -> Tensor:
+        return timestep_spacing(num_train_steps, self.steps, self.spacing)
+
+
+def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_steps: int,
+                       spacing: str | None = None) -> SamplerSettings:
+    """The one place sampler arguments are validated; fills in the sampler's defaults.
+
+    A default step count larger than T is cut to T; an explicit one must lie in 1..T.
+    """
+    if sampler not in SAMPLER_DEFAULTS:
+        raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    defaults = SAMPLER_DEFAULTS[sampler]
+    if steps is None:
+        steps = num_train_steps if defaults.steps is None else min(defaults.steps, num_train_steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_steps:
+        raise DdpmkitError(f"steps must be between 1 and {num_train_steps} (the model's T), got {steps}")
+    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise DdpmkitError(f"eta must be in [0, 1], got {eta}")
+    spacing = spacing or defaults.spacing
+    if spacing not in SPACINGS:
+        raise DdpmkitError(f"unknown timestep spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
+    return SamplerSettings(sampler, steps, spacing, float(eta) if defaults.uses_eta else 0.0)
 
 
 def timestep_spacing(num_train_steps: int, steps: int, spacing: str = "trailing") -> Tensor:
@@ -50,8 +115,101 @@ def timestep_spacing(num_train_steps: int, steps: int, spacing: str = "trailing"
     return ts.flip(0)
 
 
-def _batch_t(t: int, x: Tensor) -> Tensor:
-    return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+# ----- the step rules ---------------------------------------------------------------------------------------
+
+class DDPMStep:
+    """x_{i-1} = μ̃'_i(x̂_0, x_i) + σ'_i z, z ~ N(0, I), no noise at the last step.
+
+    σ'_i² is β̃'_i (fixed_small) or β'_i (fixed_large) of the (respaced) process: ``out`` already holds both.
+    """
+
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+        if i == 0:
+            return out.mean
+        return out.mean + torch.exp(0.5 * out.log_variance) * noise()
+
+
+class DDIMStep:
+    """DDIM (Song et al. 2021, eq. 12) from index i to i - 1 of the (respaced) process:
+
+        x_{i-1} = √ᾱ_{i-1} x̂_0 + √(1 - ᾱ_{i-1} - σ²) ε̂ + σ z,   σ = η √((1-ᾱ_{i-1})/(1-ᾱ_i)) √(1 - ᾱ_i/ᾱ_{i-1}),
+
+    with ᾱ_{-1} = 1 after the last step. η = 0 is deterministic; η = 1 over all T steps is DDPM with β̃_t.
+    """
+
+    def __init__(self, eta: float = 0.0):
+        self.eta = eta
+
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+        a_t, a_prev = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
+        sigma = self.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_prev))
+        x = math.sqrt(a_prev) * out.x0 + math.sqrt(max(0.0, 1.0 - a_prev - sigma**2)) * out.eps
+        return x + sigma * noise() if sigma > 0 else x
+
+
+class DPMSolver2MStep:
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2) with α = √ᾱ, σ = √(1-ᾱ), λ = log(α/σ), h = λ_{i-1} - λ_i:
+
+        D_i = x̂_0 (first step) or (1 + 1/(2r)) x̂_0,i - 1/(2r) x̂_0,i+1,   r = h_prev / h
+        x_{i-1} = (σ_{i-1}/σ_i) x_i - α_{i-1} (e^{-h} - 1) D_i.
+
+    The last step jumps to the clean image x̂_0 (σ = 0), as k-diffusion does. Deterministic. One instance per run:
+    it remembers the previous x̂_0 and h.
+    """
+
+    def __init__(self) -> None:
+        self.x0_prev: Tensor | None = None
+        self.h_prev: float | None = None
+
+    @staticmethod
+    def _lambda(alpha_cumprod: float) -> float:
+        return 0.5 * math.log(alpha_cumprod / (1.0 - alpha_cumprod)) if alpha_cumprod > 0 else -math.inf  # SNR 0
+
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+        if i == 0:
+            return out.x0
+        a_t, a_s = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
+        h = self._lambda(a_s) - self._lambda(a_t)
+        if self.x0_prev is None:
+            d = out.x0
+        else:
+            r = self.h_prev / h
+            d = (1 + 1 / (2 * r)) * out.x0 - (1 / (2 * r)) * self.x0_prev
+        self.x0_prev, self.h_prev = out.x0, h
+        return (math.sqrt(1 - a_s) / math.sqrt(1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d  # h=∞: σ_s x+α_s D
+
+
+def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
+    """A fresh step rule for one sampling run."""
+    if sampler == "ddpm":
+        return DDPMStep()
+    if sampler == "ddim":
+        return DDIMStep(eta)
+    if sampler == "dpm++2m":
+        return DPMSolver2MStep()
+    raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+
+
+# ----- the loop -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SamplerStep:
+    """What a callback receives after each step (fields may be added; read them by name)."""
+
+    i: int          # 0, 1, …, num_steps - 1 in sampling order
+    num_steps: int  # K, the length of the run
+    t: int          # the training timestep the model was called with
+    x: Tensor       # the sample after this step (x_{i-1})
+    x0: Tensor      # the step's x̂_0
+    eps: Tensor     # the step's ε̂
+    x_t: Tensor     # the sample the model saw
+
+
+Callback = Callable[[SamplerStep], None]
+
+
+def _batch_index(value: int, x: Tensor) -> Tensor:
+    return torch.full((x.shape[0],), int(value), dtype=torch.long, device=x.device)
 
 
 def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -60,161 +218,146 @@ def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 @torch.inference_mode()
-def ddpm(
+def sample_loop(
     model_fn: ModelFn,
     diffusion: Diffusion,
     x: Tensor,
-    steps: int | None = None,
+    timesteps: Sequence[int] | Tensor,
+    step: Callable[..., Tensor],
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     clip_denoised: bool = True,
     dynamic_threshold: float | None = None,
 ) -> Tensor:
-    """Ancestral sampling: x_{t-1} = μ̃_t(x̂_0, x_t) + σ_t z, z ~ N(0, I), no noise at the last step.
-
-    σ_t² is β̃_t (fixed_small) or β_t (fixed_large) from ``diffusion.variance``. With ``steps`` < T the chain is
-    respaced: on the subsequence t_i, β'_i = 1 - ᾱ_{t_i}/ᾱ_{t_{i-1}} defines a shorter DDPM (improved-diffusion).
-    """
-    T = diffusion.num_steps
-    if steps is not None and steps != T:
-        return _respaced_ddpm(model_fn, diffusion, x, steps, generator, callback, clip_denoised, dynamic_threshold)
-    for i, t in enumerate(range(T - 1, -1, -1)):
-        tt = _batch_t(t, x)
-        out = diffusion.p_mean_variance(model_fn(x, tt).float(), x, tt, clip_denoised, dynamic_threshold)
-        x = out.mean + (torch.exp(0.5 * out.log_variance) * _randn(x, generator) if t > 0 else 0.0)
+    """Walk ``timesteps`` (any subset of 0..T-1) from x = x_T with one step rule; returns x_0."""
+    process = diffusion.respace(timesteps)
+    noise = lambda: _randn(x, generator)
+    K = process.num_steps
+    for n, i in enumerate(range(K - 1, -1, -1)):
+        t = int(process.timesteps[i])
+        out = process.p_mean_variance(model_fn(x, _batch_index(t, x)), x, _batch_index(i, x), clip_denoised,
+                                      dynamic_threshold)
+        x_next = step(process, i, x, out, noise)
         if callback is not None:
-            callback(i, t, x, out.x0)
-    return x
-
-
-def _respaced_ddpm(model_fn, diffusion, x, steps, generator, callback, clip_denoised, dynamic_threshold):
-    ts = timestep_spacing(diffusion.num_steps, steps, "linspace")
-    ac = diffusion.schedule.alphas_cumprod
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        a_t, a_prev = float(ac[t]), (float(ac[t_prev]) if t_prev >= 0 else 1.0)
-        beta = 1.0 - a_t / a_prev
-        tt = _batch_t(t, x)
-        out = diffusion.p_mean_variance(model_fn(x, tt).float(), x, tt, clip_denoised, dynamic_threshold)
-        coef1 = math.sqrt(a_prev) * beta / (1.0 - a_t)
-        coef2 = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a_t)
-        x_next = coef1 * out.x0 + coef2 * x
-        if t_prev >= 0:
-            small = beta * (1.0 - a_prev) / (1.0 - a_t)
-            var = small if diffusion.variance is Variance.FIXED_SMALL else beta
-            x_next = x_next + math.sqrt(var) * _randn(x, generator)
+            callback(SamplerStep(n, K, t, x_next, out.x0, out.eps, x))
         x = x_next
-        if callback is not None:
-            callback(i, t, x, out.x0)
     return x
 
 
-@torch.inference_mode()
-def ddim(
-    model_fn: ModelFn,
-    diffusion: Diffusion,
-    x: Tensor,
-    steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    clip_denoised: bool = True,
-    dynamic_threshold: float | None = None,
-) -> Tensor:
-    """DDIM (Song et al. 2021, eq. 12) from t to the previous timestep s of the subsequence:
+def _run(sampler: str, model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None, eta: float,
+         spacing: str | None, **loop_args: Any) -> Tensor:
+    settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
+    return sample_loop(model_fn, diffusion, x, settings.timesteps(diffusion.num_steps),
+                       make_step(sampler, settings.eta), **loop_args)
 
-        x_s = √ᾱ_s x̂_0 + √(1 - ᾱ_s - σ²) ε̂ + σ z,   σ = η √((1-ᾱ_s)/(1-ᾱ_t)) √(1 - ᾱ_t/ᾱ_s),
 
-    with ᾱ_s = 1 after the last step. η = 0 is deterministic; η = 1 over all T steps is DDPM with β̃_t.
+def ddpm(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
+         generator: torch.Generator | None = None, callback: Callback | None = None, clip_denoised: bool = True,
+         dynamic_threshold: float | None = None) -> Tensor:
+    """Ancestral sampling over all T steps, or over ``steps`` linspace-spaced ones (see :class:`DDPMStep`)."""
+    return _run("ddpm", model_fn, diffusion, x, steps, 0.0, None, generator=generator, callback=callback,
+                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+
+
+def ddim(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None, eta: float = 0.0,
+         spacing: str = "trailing", generator: torch.Generator | None = None, callback: Callback | None = None,
+         clip_denoised: bool = True, dynamic_threshold: float | None = None) -> Tensor:
+    """DDIM with η on ``steps`` (default 50) timesteps (see :class:`DDIMStep`)."""
+    return _run("ddim", model_fn, diffusion, x, steps, eta, spacing, generator=generator, callback=callback,
+                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+
+
+def dpmpp_2m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
+             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool = True,
+             dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """DPM-Solver++(2M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver2MStep`); deterministic."""
+    return _run("dpm++2m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
+                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+
+
+# ----- conditioning and guidance --------------------------------------------------------------------------
+
+def null_condition(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The unconditional counterpart of a condition, derived from the condition itself.
+
+    Labels become :data:`NULL_LABEL` (the model maps it to its learned null class). Other conditions have no
+    implied null: pass ``uncond_kwargs`` to :func:`guided_model_fn` for them.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise DdpmkitError(f"eta must be in [0, 1], got {eta}")
-    ts = timestep_spacing(diffusion.num_steps, steps, spacing)
-    ac = diffusion.schedule.alphas_cumprod
-    for i, t in enumerate(ts.tolist()):
-        t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-        a_t, a_prev = float(ac[t]), (float(ac[t_prev]) if t_prev >= 0 else 1.0)
-        tt = _batch_t(t, x)
-        out = diffusion.p_mean_variance(model_fn(x, tt).float(), x, tt, clip_denoised, dynamic_threshold)
-        sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_prev))
-        x = math.sqrt(a_prev) * out.x0 + math.sqrt(max(0.0, 1.0 - a_prev - sigma**2)) * out.eps
-        if sigma > 0:
-            x = x + sigma * _randn(x, generator)
-        if callback is not None:
-            callback(i, t, x, out.x0)
-    return x
+    null = {}
+    for key, value in model_kwargs.items():
+        if key != "labels" or not isinstance(value, Tensor):
+            raise DdpmkitError(f"guidance does not know the null of condition '{key}'; pass uncond_kwargs")
+        null[key] = torch.full_like(value, NULL_LABEL)
+    return null
 
 
-@torch.inference_mode()
-def dpmpp_2m(
-    model_fn: ModelFn,
-    diffusion: Diffusion,
-    x: Tensor,
-    steps: int = 20,
-    spacing: str = "trailing",
-    callback: Callback | None = None,
-    clip_denoised: bool = True,
-    dynamic_threshold: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2) with α_t = √ᾱ_t, σ_t = √(1-ᾱ_t), λ_t = log(α_t/σ_t):
+def guided_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str, Any], guidance: float,
+                    uncond_kwargs: Mapping[str, Any] | None = None) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022): out = out_∅ + w (out_c - out_∅), both in one batch.
 
-        D_i = x̂_0 (first step, last step) or (1 + 1/(2r)) x̂_0,i - 1/(2r) x̂_0,i-1, r = h_{i-1}/h_i
-        x_s = (σ_s/σ_t) x_t - α_s (e^{-h} - 1) D_i,  h = λ_s - λ_t.
-
-    The last step jumps to the clean image x̂_0 (σ = 0), as k-diffusion does. Deterministic; ``generator`` unused.
+    The combination is made on the model's output (ε, x_0 or v alike: each is affine in the other two given x_t,
+    so guiding any of them is the same guidance). A learned-variance output keeps the conditional variance.
     """
-    ts = timestep_spacing(diffusion.num_steps, steps, spacing)
-    ac = diffusion.schedule.alphas_cumprod
-
-    def lam(t: int) -> float:
-        a = float(ac[t])
-        return 0.5 * math.log(a / (1.0 - a)) if a > 0 else -math.inf  # zero terminal SNR: λ_T = -∞
-
-    x0_prev, h_prev = None, None
-    for i, t in enumerate(ts.tolist()):
-        tt = _batch_t(t, x)
-        out = diffusion.p_mean_variance(model_fn(x, tt).float(), x, tt, clip_denoised, dynamic_threshold)
-        if i + 1 == len(ts):
-            x = out.x0
-        else:
-            s = int(ts[i + 1])
-            h = lam(s) - lam(t)
-            if x0_prev is None:
-                d = out.x0
-            else:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * out.x0 - (1 / (2 * r)) * x0_prev
-            sigma_t, sigma_s = math.sqrt(1 - float(ac[t])), math.sqrt(1 - float(ac[s]))
-            x = (sigma_s / sigma_t) * x - math.sqrt(float(ac[s])) * math.expm1(-h) * d  # h = ∞ → σ_s x + α_s D
-            x0_prev, h_prev = out.x0, h
-        if callback is not None:
-            callback(i, t, x, out.x0)
-    return x
-
-
-def guided_model_fn(model: Callable[..., Tensor], labels: Tensor, guidance: float) -> ModelFn:
-    """Classifier-free guidance (Ho & Salimans 2022): pred = pred_∅ + w (pred_c - pred_∅), both in one batch.
-
-    The null class is ``labels = None`` for the model. A learned-variance output keeps the conditional variance.
-    """
+    uncond = dict(null_condition(model_kwargs) if uncond_kwargs is None else uncond_kwargs)
+    if set(uncond) != set(model_kwargs):
+        raise DdpmkitError("uncond_kwargs must have the same keys as model_kwargs")
+    both_kwargs = {k: torch.cat([model_kwargs[k], uncond[k]]) for k in model_kwargs}
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
-        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, _null_labels(model, labels)]))
-        cond, uncond = both.chunk(2)
+        cond, free = model(torch.cat([x, x]), torch.cat([t, t]), **both_kwargs).chunk(2)
         c = x.shape[1]
-        guided = uncond[:, :c] + guidance * (cond[:, :c] - uncond[:, :c])
+        guided = free[:, :c] + guidance * (cond[:, :c] - free[:, :c])
         return torch.cat([guided, cond[:, c:]], dim=1) if cond.shape[1] > c else guided
 
     return fn
 
 
-def _null_labels(model: Callable[..., Tensor], labels: Tensor) -> Tensor:
-    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
-    if num_classes is None:
-        raise DdpmkitError("guidance needs a class-conditional model (num_classes set in its config)")
-    return torch.full_like(labels, num_classes)
+def conditioned_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str, Any] | None = None,
+                         guidance: float | None = None, uncond_kwargs: Mapping[str, Any] | None = None,
+                         device: torch.device | None = None,
+                         autocast_dtype: torch.dtype | None = None) -> ModelFn:
+    """``model_fn(x, t)`` for the loop: the model with its condition, guidance, and autocast applied."""
+    kwargs = {k: (v.to(device) if isinstance(v, Tensor) and device is not None else v)
+              for k, v in (model_kwargs or {}).items()}
+    if guidance is not None and guidance != 1.0:
+        if not kwargs:
+            raise DdpmkitError("guidance needs a condition (e.g. labels); the model was given none")
+        base = guided_model_fn(model, kwargs, guidance, uncond_kwargs)
+    else:
+        base = lambda x, t: model(x, t, **kwargs)
+    if autocast_dtype is None:
+        return base
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
+            return base(x, t)
+
+    return fn
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Dropout and label dropout off while sampling; the previous mode is restored afterwards."""
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def model_device(model: Any, device: torch.device | str | None = None, x: Tensor | None = None) -> torch.device:
+    """The device to sample on: the argument, else x's, else the model's first parameter's, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if x is not None:
+        return x.device
+    if isinstance(model, torch.nn.Module):
+        for parameter in model.parameters():
+            return parameter.device
+    return torch.device("cpu")
 
 
 def sample(
@@ -222,11 +365,12 @@ def sample(
     diffusion: Diffusion,
     shape: Sequence[int],
     sampler: str = "ddim",
-    steps: int | None = 50,
+    steps: int | None = None,
     eta: float = 0.0,
-    spacing: str = "trailing",
-    labels: Tensor | None = None,
+    spacing: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     guidance: float | None = None,
+    uncond_kwargs: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     clip_denoised: bool = True,
@@ -237,50 +381,19 @@ def sample(
 ) -> Tensor:
     """Generate a batch: x_T ~ N(0, I) of ``shape`` (from ``generator``), then run ``sampler``.
 
-    ``model(x, t)`` or ``model(x, t, labels)`` for a class-conditional model; ``guidance`` > 1 enables
-    classifier-free guidance. ``autocast_dtype`` (e.g. torch.bfloat16) runs the model under autocast while the
-    sampler's arithmetic stays in float32. Returns float32 images, nominally in [-1, 1].
+    ``model(x, t, **model_kwargs)`` is any callable (a UNet, a wrapper, an analytic model); ``model_kwargs``
+    carries the condition, e.g. ``{"labels": y}``. ``guidance`` ≠ 1 enables classifier-free guidance. Steps
+    default per sampler (:data:`SAMPLER_DEFAULTS`). ``autocast_dtype`` (e.g. torch.bfloat16) runs the model
+    under autocast while the sampler's arithmetic stays in float32. Returns float32 images, nominally in [-1, 1].
     """
-    if sampler not in SAMPLERS:
-        raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    if device is None:
-        device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
-    device = torch.device(device)
+    settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
+    device = model_device(model, device, x_T)
     if x_T is None:
         gen_device = generator.device if generator is not None else device
         x_T = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
     x = x_T.to(device, torch.float32)
-    if labels is not None:
-        labels = labels.to(device)
-    if guidance is not None and guidance != 1.0:
-        if labels is None:
-            raise DdpmkitError("guidance needs labels: pass the classes to generate")
-        base_fn = guided_model_fn(model, labels, guidance)
-    elif labels is not None:
-        base_fn = lambda x_, t_: model(x_, t_, labels)
-    else:
-        base_fn = lambda x_, t_: model(x_, t_)
-
-    def model_fn(x_: Tensor, t_: Tensor) -> Tensor:
-        if autocast_dtype is None:
-            out = base_fn(x_, t_)
-        else:
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                out = base_fn(x_, t_)
-        return diffusion.split_output(out, x_.shape[1]).float()  # a learned variance's channels are not used
-
-    was_training = getattr(model, "training", False)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
-        common = dict(generator=generator, callback=callback, clip_denoised=clip_denoised,
-                      dynamic_threshold=dynamic_threshold)
-        if sampler == "ddpm":
-            return ddpm(model_fn, diffusion, x, steps=steps, **common)
-        if sampler == "ddim":
-            return ddim(model_fn, diffusion, x, steps=50 if steps is None else steps, eta=eta, spacing=spacing,
-                        **common)
-        return dpmpp_2m(model_fn, diffusion, x, steps=20 if steps is None else steps, spacing=spacing, **common)
-    finally:
-        if isinstance(model, torch.nn.Module) and was_training:
-            model.train()
+    model_fn = conditioned_model_fn(model, model_kwargs, guidance, uncond_kwargs, device, autocast_dtype)
+    with eval_mode(model):
+        return sample_loop(model_fn, diffusion, x, settings.timesteps(diffusion.num_steps),
+                           make_step(settings.sampler, settings.eta), generator=generator, callback=callback,
+                           clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)

@@ -160,16 +160,25 @@ class NoiseSchedule:
         sqrt_ac = self.sqrt_alphas_cumprod.clone()
         first, last = sqrt_ac[0].clone(), sqrt_ac[-1].clone()
         sqrt_ac = (sqrt_ac - last) * first / (first - last)
-        alphas_cumprod = sqrt_ac**2
-        alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
-        rescaled = NoiseSchedule.__new__(NoiseSchedule)
-        rescaled.kind = self.kind
-        rescaled.params = {**self.params, "zero_terminal_snr": True}
-        rescaled.alphas = alphas
-        rescaled.betas = 1.0 - alphas
-        rescaled.alphas_cumprod = alphas_cumprod
-        rescaled._derive()
-        return rescaled
+        return NoiseSchedule.from_alphas_cumprod(sqrt_ac**2, self.kind, {**self.params, "zero_terminal_snr": True})
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: Tensor, kind: str = "custom",
+                            params: dict[str, Any] | None = None) -> NoiseSchedule:
+        """The schedule with exactly these ᾱ_t (strictly decreasing): α_t = ᾱ_t/ᾱ_{t-1}, β_t = 1 - α_t.
+
+        ᾱ is kept as given rather than recomputed as a cumulative product of the α_t, so a rescaled or respaced
+        schedule has the very ᾱ_t it was built from (ᾱ_T = 0 stays exactly 0).
+        """
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        alphas = torch.cat([ac[:1], ac[1:] / ac[:-1]])
+        if ac.numel() < 1 or not bool(((alphas >= 0) & (alphas < 1)).all()):
+            raise DdpmkitError("alphas_cumprod must be non-empty and strictly decreasing within [0, 1)")
+        schedule = cls.__new__(cls)
+        schedule.kind, schedule.params = kind, dict(params or {})
+        schedule.alphas, schedule.betas, schedule.alphas_cumprod = alphas, 1.0 - alphas, ac
+        schedule._derive()
+        return schedule
 
     @property
     def zero_terminal_snr(self) -> bool:

@@ -1,9 +1,11 @@
-"""Training: the Trainer loop, EMA, LR schedule, atomic checkpoints, metrics and plots."""
+"""Training: the Trainer loop, its state, hooks and builders, EMA, LR schedule, metrics and plots."""
 
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from .builders import build_diffusion, build_optimizer, build_unet_config, validate_train_config
 from .ema import EMA
+from .hooks import Hook
 from .lr import lr_at
-from .trainer import Trainer, TrainResult, build_diffusion, build_unet_config
+from .state import TrainingState
+from .trainer import Trainer, TrainResult
 
-__all__ = ["EMA", "TrainResult", "Trainer", "build_diffusion", "build_unet_config", "list_checkpoints",
-           "load_checkpoint", "lr_at", "resolve_checkpoint"]
+__all__ = ["EMA", "Hook", "TrainResult", "Trainer", "TrainingState", "build_diffusion", "build_optimizer",
+           "build_unet_config", "lr_at", "validate_train_config"]

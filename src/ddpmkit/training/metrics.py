@@ -11,16 +11,15 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..run import RunFolder
 
 
 class MetricsLogger:
     """Appends ``{"step": …, name: value, …}`` rows to metrics.jsonl and metrics.csv; mirrors scalars and images
     to TensorBoard (``tb/``). On resume, rows after the resumed step are dropped so the files match the state."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
-        self.run_dir = Path(run_dir)
-        self.jsonl = self.run_dir / "metrics.jsonl"
-        self.csv = self.run_dir / "metrics.csv"
+    def __init__(self, run: RunFolder, tensorboard: bool = True, resume_step: int | None = None):
+        self.jsonl, self.csv = run.metrics_jsonl, run.metrics_csv
         self.rows: list[dict[str, Any]] = []
         if resume_step is not None and self.jsonl.exists():
             self.rows = [r for r in read_metrics(self.jsonl) if r.get("step", 0) <= resume_step]
@@ -33,7 +32,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step)
+                self.writer = SummaryWriter(str(run.tensorboard_dir), purge_step=resume_step)
             except ImportError:  # tensorboard is a dependency, but a trimmed install should still train
                 warnings.warn("tensorboard is not installed; logging to metrics.jsonl only", stacklevel=2)
 
@@ -67,7 +66,9 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if not Path(path).exists():  # no metrics hook ran
+        return rows
     for line in Path(path).read_text().splitlines():
         try:
             rows.append(json.loads(line))

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from ..errors import DdpmkitError
+from .errors import DdpmkitError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

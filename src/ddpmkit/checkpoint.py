@@ -1,6 +1,6 @@
 """Checkpoints: tensors in safetensors, everything else in JSON, written atomically.
 
-A checkpoint is a folder ``checkpoints/step_0001234/`` holding
+A checkpoint is a folder (in a run: ``checkpoints/step_0001234/``, see :mod:`ddpmkit.run`) holding
 
     model.safetensors       the trained weights
     ema.safetensors         the EMA weights (used for all sampling)
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,11 +26,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import fsync_dir
-from ..errors import DdpmkitError
+from .atomic import fsync_dir
+from .errors import DdpmkitError
+from .run import RunFolder
 
-CHECKPOINT_DIR = "checkpoints"
-STEP_PATTERN = re.compile(r"^step_(\d+)$")
 FORMAT = "ddpmkit-checkpoint-v1"
 
 
@@ -69,17 +67,16 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
-                    keep: int | None = None) -> Path:
-    """Write ``checkpoints/step_{step}`` atomically; then prune to the newest ``keep`` checkpoints."""
-    root = Path(run_dir) / CHECKPOINT_DIR
+def save_checkpoint(final: Path, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
+    """Write the checkpoint folder ``final`` atomically (a temporary sibling, fsynced, renamed into place)."""
+    final = Path(final)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:07d}-"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         for name, group in tensors.items():
             _save_tensors(group, tmp / f"{name}.safetensors")
-        payload = json.dumps({"format": FORMAT, "step": step, **state}, indent=1)
+        payload = json.dumps({"format": FORMAT, **state}, indent=1)
         with open(tmp / "state.json", "w") as handle:
             handle.write(payload)
             handle.flush()
@@ -96,54 +93,12 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, dict[str, torch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def checkpoint_step(path: Path) -> int:
-    """The step of a ``step_NNNNNNN`` checkpoint folder."""
-    match = STEP_PATTERN.match(Path(path).name)
-    if not match:
-        raise DdpmkitError(f"{path} is not a checkpoint folder (step_NNNNNNN)")
-    return int(match.group(1))
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders of interrupted saves are ignored)."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from a run folder (its newest), a checkpoints/ folder, or a checkpoint folder itself."""
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's state.json, checked to be ours."""
     path = Path(path)
-    if not path.exists():
-        raise DdpmkitError(f"no checkpoint found: {path} does not exist; pass a run folder or a checkpoint folder")
-    if (path / "state.json").is_file():
-        return path
-    run_dir = path.parent if path.name == CHECKPOINT_DIR else path
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise DdpmkitError(f"no checkpoint found in {path}; train first, or pass a run folder that has checkpoints/")
-    return checkpoints[-1]
-
-
-TRAINING_FILES = ("model", "ema", "optimizer", "rng")
-
-
-def load_checkpoint(path: Path, names: tuple[str, ...] | None = None,
-                    required: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint folder: ({'model': …, 'ema': …, …}, state). Truncated or foreign files are refused.
-
-    ``names`` limits which safetensors files are read (sampling needs only "ema"); ``required`` lists files that
-    must be present (resuming needs all of TRAINING_FILES).
-    """
-    path = resolve_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -151,6 +106,23 @@ def load_checkpoint(path: Path, names: tuple[str, ...] | None = None,
     found = state.get("format") if isinstance(state, dict) else type(state).__name__
     if found != FORMAT:
         raise DdpmkitError(f"{path} is not a ddpmkit checkpoint (format {found!r}, want {FORMAT})")
+    return state
+
+
+TRAINING_FILES = ("model", "ema", "optimizer", "rng")
+
+
+def load_checkpoint(path: Path, names: tuple[str, ...] | None = None,
+                    required: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Read a checkpoint folder (or a run folder's newest): ({'model': …, 'ema': …, …}, state).
+
+    Truncated or foreign files are refused with a one-line error.
+
+    ``names`` limits which safetensors files are read (sampling needs only "ema"); ``required`` lists files that
+    must be present (resuming needs all of TRAINING_FILES).
+    """
+    _, path = RunFolder.locate(path)
+    state = read_state(path)
     missing = [name for name in required if not (path / f"{name}.safetensors").is_file()]
     if missing:
         raise DdpmkitError(f"{path} lacks {', '.join(m + '.safetensors' for m in missing)}; "

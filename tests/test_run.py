@@ -1,0 +1,100 @@
+"""The run folder object, the training state object and the hooks of the loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_training import tiny_config, tiny_data
+
+from ddpmkit.checkpoint import read_state
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.run import RunFolder
+from ddpmkit.training import Hook, Trainer
+
+
+def test_run_folder_locates_a_run_from_any_of_its_folders(tmp_path):
+    Trainer(tiny_config(4, checkpoint_every=2), tmp_path / "run", data=tiny_data(), progress=False).fit()
+    run = RunFolder(tmp_path / "run")
+    names = [p.name for p in run.checkpoints()]
+    assert names == ["step_0000002", "step_0000004"]
+    for given in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
+        found, checkpoint = RunFolder.locate(given)
+        assert found == run and checkpoint == run.checkpoint_dir(4)
+    found, checkpoint = RunFolder.locate(run.checkpoint_dir(2))
+    assert found == run and checkpoint.name == "step_0000002"
+    assert run.load_config().train.steps == 4
+    assert run.latest_grid.is_file() and run.sample_grid(4).is_file() and run.metrics_jsonl.is_file()
+    assert run.loss_curve.is_file() and run.summary_file.is_file() and run.config_file.is_file()
+
+
+def test_a_lone_checkpoint_is_a_run_of_its_own(tmp_path):
+    import shutil
+
+    Trainer(tiny_config(2, checkpoint_every=2), tmp_path / "run", data=tiny_data(), progress=False).fit()
+    lone = tmp_path / "copied"
+    shutil.copytree(RunFolder(tmp_path / "run").latest_checkpoint(), lone)
+    run, checkpoint = RunFolder.locate(lone)
+    assert checkpoint == lone and run.checkpoints() == [lone]
+    assert run.load_config().train.steps == 2  # from the copy in state.json: no config.yaml beside it
+    assert read_state(lone)["step"] == 2
+
+
+def test_run_folder_errors_are_one_line(tmp_path):
+    with pytest.raises(DdpmkitError, match="does not exist"):
+        RunFolder.locate(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DdpmkitError, match="no checkpoint found"):
+        RunFolder.locate(tmp_path / "empty")
+
+
+class Counter:
+    """A stateful extra: its count goes through state.json, its tensor through counter.safetensors."""
+
+    def __init__(self):
+        self.count, self.history = 0, torch.zeros(3)
+
+    def state_dict(self):
+        return {"count": self.count, "history": self.history.clone()}
+
+    def load_state_dict(self, state):
+        self.count, self.history = state["count"], state["history"].clone()
+
+
+class CountingHook(Hook):
+    at_stop = True
+
+    def __init__(self, every, counter):
+        super().__init__(every)
+        self.counter = counter
+
+    def __call__(self, trainer):
+        self.counter.count += 1
+        self.counter.history[self.counter.count % 3] += trainer.step
+
+
+def test_registered_state_is_saved_and_restored_and_custom_hooks_run(tmp_path):
+    """A later feature's state rides in the checkpoint by registering once; a hook runs when due."""
+    config = tiny_config(6, checkpoint_every=3)
+
+    def make(resume=None):
+        from ddpmkit.training.hooks import SaveCheckpoint
+
+        counter = Counter()
+        hooks = [CountingHook(2, counter), SaveCheckpoint(3)]
+        trainer = Trainer(config, tmp_path / "run", data=tiny_data(), progress=False, resume=resume, hooks=hooks,
+                          extras={"counter": counter})
+        return trainer, counter
+
+    first, counter = make()
+    first.fit(until=3)  # hook due at 2 and at the early stop 3
+    assert counter.count == 2
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000003" / "state.json").read_text())
+    assert state["counter"] == {"count": 2}
+    resumed, counter2 = make(resume=tmp_path / "run")
+    assert resumed.step == 3 and counter2.count == 2 and torch.equal(counter2.history, counter.history)
+    resumed.fit()  # due at 4 and 6
+    assert counter2.count == 4
+    with pytest.raises(ValueError, match="already taken"):
+        resumed.state.register("model", Counter())
