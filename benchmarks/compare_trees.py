@@ -126,9 +126,10 @@ def main() -> None:
         faster = after / before if key.endswith("(img/s)") else before / after
         rows.append({"measurement": key, "before": before, "after": after, "after_speed_vs_before": faster,
                      "before_all": samples["before"][key], "after_all": samples["after"][key]})
-    print(f"\n| measurement | before | after | after speed / before |\n|---|---|---|---|")
+    print("\n| measurement | before | after | after speed / before |\n|---|---|---|---|")
     for row in rows:
-        print(f"| {row['measurement']} | {row['before']:.1f} | {row['after']:.1f} | {row['after_speed_vs_before']:.3f} |")
+        print(f"| {row['measurement']} | {row['before']:.1f} | {row['after']:.1f} "
+              f"| {row['after_speed_vs_before']:.3f} |")
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

@@ -28,6 +28,7 @@ from ddpmkit.eval import MnistClassifier, class_histogram, reference_stats
 from ddpmkit.models import UNet
 from ddpmkit.sampling import sample
 from ddpmkit.training import Trainer, build_diffusion, build_unet_config
+from ddpmkit.viz import to_uint8
 
 # UNet variants (overrides of the named "mnist" size) and recipes (config overrides).
 MODELS = {
@@ -76,8 +77,8 @@ def measure(batch: int = 128, repeats: int = 3) -> dict[str, float]:
 
 
 def judge(images: torch.Tensor, classifier: MnistClassifier, reference) -> dict[str, float]:
-    uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    feats, logits = classifier.outputs(uint8, progress=False)
+    """Samples in [-1, 1] -> share classified with confidence > 0.9, classifier FID, class-histogram entropy."""
+    feats, logits = classifier.outputs(to_uint8(images), progress=False)
     probs = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
     hist = class_histogram(probs.argmax(1))
     return {"confident": float((probs.max(1) > 0.9).mean()), "cfid": reference.fid(feats),

@@ -79,7 +79,7 @@ def test_resume_continues_the_run(trained_run, tmp_path):
     (["train", *FAST, "--set", "model.channel_mults=5"], "model.channel_mults expects a list"),
     (["train", *FAST, "--set", "model.nonexistent=1"], "unknown config key 'model.nonexistent'"),
     (["train", *FAST, "--set", "train.log_every=0"], "train.log_every must be positive"),
-    (["train", *FAST, "--set", "train.sample_sampler=euler"], "train.sample_sampler/sample_steps: unknown sampler 'euler'"),
+    (["train", *FAST, "--set", "train.sample_sampler=euler"], "unknown sampler 'euler'"),
     (["train", *FAST, "--set", "model.learn_sigma=true"], "learn_sigma"),
 ])
 def test_bad_train_input(capsys, tmp_path, argv, message):

@@ -14,7 +14,17 @@ import torch
 from conftest import require_cached
 from PIL import Image
 
-from ddpmkit.data import DATASETS, BatchLoader, ImageArray, data_main, fetch, list_datasets, load_dataset
+from ddpmkit.data import (
+    DATASETS,
+    SPLITS,
+    BatchLoader,
+    ImageArray,
+    available_splits,
+    data_main,
+    fetch,
+    list_datasets,
+    load_dataset,
+)
 from ddpmkit.data.named import cached_path
 from ddpmkit.data.safe_pickle import safe_loads
 from ddpmkit.data.sources import read_idx
@@ -390,5 +400,49 @@ def test_data_main(tmp_path, capsys, image_folder):
         assert img.size == ((2 + 2 * 22) * 4, (2 + 2 * 22) * 4)  # 4 tiles of 20 px, 2x2, scale 96 // 20
 
 
+def _table_is_loadable(name):
+    """Whether checking an entry against its data needs no download: cached, or built locally (digits)."""
+    if name == "digits":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return cached_path(name).exists()
+
+
 def test_datasets_table_is_consistent():
-    assert set(DATASETS) == {info.name for info in list_datasets()}
+    """Each entry's splits, sizes, shape and classes are what the loader gives (for the sets one can load here)."""
+    checked = []
+    for key, info in DATASETS.items():
+        assert key == info.name
+        assert "train" in info.splits and set(info.splits) <= set(SPLITS)
+        assert available_splits(info.name) == tuple(s for s in SPLITS if s in info.splits)
+        assert info.size.startswith(f"{info.splits['train']:,} train")
+        if not _table_is_loadable(info.name):
+            continue
+        for split in SPLITS:
+            if split not in info.splits:
+                with pytest.raises(DdpmkitError, match=f"no '{split}' split"):
+                    load_dataset(info.name, split, progress=False)
+                continue
+            data = load_dataset(info.name, split, progress=False)
+            assert len(data) == info.splits[split], (info.name, split)
+            assert data.images.shape[1:] == info.shape, (info.name, split)
+            assert data.num_classes == info.num_classes, info.name
+            assert set(np.unique(data.labels)) <= set(range(info.num_classes))
+        checked.append(info.name)
+    assert checked  # digits at least (scikit-learn is a test dependency)
+
+
+def test_available_splits_reads_the_table_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPMKIT_CACHE", str(tmp_path))
+    assert available_splits("mnist") == available_splits("fashion-mnist") == ("train", "test")
+    assert available_splits("pokemon") == available_splits("emoji") == available_splits("digits") == ("train",)
+    assert available_splits(f"folder:{tmp_path}") == ("train",)
+    assert available_splits("cifar10:/anywhere/cifar-10-python.tar.gz") == ("train", "test")
+    with pytest.raises(DdpmkitError, match="unknown data set"):
+        available_splits("cifar100")
+    with pytest.raises(DdpmkitError, match="no 'test' split"):  # refused before anything is fetched
+        load_dataset("pokemon", "test")
+    assert not (tmp_path / "datasets").exists() and not (tmp_path / "downloads").exists()

@@ -14,6 +14,7 @@ from conftest import require_cached
 
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.eval import (
+    BatchedExtractor,
     InceptionFeatures,
     KIDResult,
     ReferenceStats,
@@ -26,6 +27,7 @@ from ddpmkit.eval import (
     label_accuracy,
     mmd2_unbiased,
     reference_stats,
+    reference_stats_with_fallback,
     run_sweep,
     write_sweep_report,
 )
@@ -148,6 +150,80 @@ def test_as_uint8_nhwc_maps_float_nchw_minus1_1_to_0_255() -> None:
     assert as_uint8_nhwc(gray).shape == (2, 4, 4, 1)
     with pytest.raises(DdpmkitError):
         as_uint8_nhwc(np.zeros((1, 4, 4), np.int32))
+    with pytest.raises(DdpmkitError):
+        as_uint8_nhwc(torch.zeros(1, 1, 4, 4, dtype=torch.int64))
+
+
+def test_as_uint8_nhwc_matches_the_former_numpy_conversion() -> None:
+    """The one conversion (viz.to_uint8) gives what eval's own copy gave: rint(clip((x + 1) * 127.5, 0, 255)) in
+    float32, for float64 arrays, float32 and bfloat16 tensors, exact halves (k + 0.5 rounds to even) included."""
+    rng = np.random.default_rng(0)
+    halves = (np.arange(256, dtype=np.float32) + 0.5) / np.float32(127.5) - 1  # (x + 1) * 127.5 lands on k + 0.5
+    x = np.concatenate([rng.uniform(-1.2, 1.2, 2000), halves, [-1, 0, 1]]).astype(np.float32)
+    x = np.pad(x, (0, (-len(x)) % 48)).reshape(-1, 3, 4, 4)
+
+    def former(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float32)
+        return np.rint(np.clip((a + 1.0) * 127.5, 0, 255)).astype(np.uint8).transpose(0, 2, 3, 1)
+
+    np.testing.assert_array_equal(as_uint8_nhwc(x), former(x))
+    np.testing.assert_array_equal(as_uint8_nhwc(x.astype(np.float64)), former(x.astype(np.float64)))
+    bf16 = torch.from_numpy(x).bfloat16()
+    np.testing.assert_array_equal(as_uint8_nhwc(bf16), former(bf16.float().numpy()))
+
+
+class _Squares(BatchedExtractor):
+    """A toy extractor: per-image mean of the preprocessed pixels and of their squares, plus a second output."""
+
+    id, resize, desc = "squares", "none", "squares"
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__(batch_size=batch_size)
+        self.batches: list[int] = []
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.uint8 and x.device == self.device
+        return x.permute(0, 3, 1, 2).float() / 255
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert torch.is_inference_mode_enabled()
+        self.batches.append(len(x))
+        flat = x.flatten(1)
+        return torch.stack([flat.mean(1), (flat**2).mean(1)], 1), flat.max(1).values.double()
+
+
+def test_batched_extractor_batches_in_order_and_concatenates() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    flat = images.reshape(7, -1).astype(np.float64) / 255
+    expected = np.stack([flat.mean(1), (flat**2).mean(1)], 1)
+    ext = _Squares(batch_size=3)
+    feats, maxima = ext.outputs(images, progress=False)
+    assert ext.batches == [3, 3, 1]
+    assert feats.dtype == maxima.dtype == np.float32 and feats.shape == (7, 2) and maxima.shape == (7,)
+    np.testing.assert_allclose(feats, expected, rtol=1e-6)
+    np.testing.assert_allclose(maxima, flat.max(1), rtol=1e-6)
+    np.testing.assert_array_equal(ext(images, progress=False), feats)  # __call__: the first output
+    as_float = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # floats are quantised first
+    np.testing.assert_array_equal(_Squares(batch_size=100)(as_float, progress=False), feats)
+    with pytest.raises(DdpmkitError, match="no images"):
+        ext(images[:0], progress=False)
+
+
+def test_classifier_features_do_not_depend_on_the_batch_size() -> None:
+    """MnistClassifier = preprocessing + MnistNet through the shared batching (random weights: no download)."""
+    from ddpmkit.eval import MnistClassifier
+
+    net = MnistNet().eval()
+    images = np.random.default_rng(2).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    feats, logits = MnistClassifier(net, batch_size=4).outputs(images, progress=False)
+    with torch.no_grad():
+        h = net.embed(preprocess_digits(images))
+        direct_logits = net(preprocess_digits(images))
+    np.testing.assert_allclose(feats, h.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, direct_logits.numpy(), rtol=1e-5, atol=1e-6)
+    whole = MnistClassifier(net, batch_size=500)
+    np.testing.assert_allclose(whole(images, progress=False), feats, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(whole.predict(images, progress=False), direct_logits.argmax(1).numpy())
 
 
 def test_inception_preprocess_scales_resizes_and_expands() -> None:
@@ -349,6 +425,28 @@ def test_reference_stats_are_cached_as_npz_and_reloaded(tmp_path, monkeypatch) -
         first.check_compatible(other)
 
 
+def test_reference_falls_back_to_train_only_for_sets_without_a_test_split(tmp_path, monkeypatch, capsys) -> None:
+    """The split is chosen from the data registry: the loader is asked once, for the split that exists."""
+    monkeypatch.setenv("DDPMKIT_CACHE", str(tmp_path))
+    asked = []
+
+    def loader(spec, split="train", image_size=None):
+        asked.append((spec, split))
+        return _fake_loader(spec, split, image_size)
+
+    _fake_loader.calls = 0
+    digits = reference_stats_with_fallback("digits", MeanColorFeatures(), split="test", num=50, loader=loader)
+    assert digits.source == "digits:train" and "no test split" in capsys.readouterr().err
+    mnist = reference_stats_with_fallback("mnist", MeanColorFeatures(), split="test", num=50, loader=loader,
+                                          progress=False)
+    assert mnist.source == "mnist:test"
+    assert asked == [("digits", "train"), ("mnist", "test")]
+    assert not (tmp_path / "datasets").exists()  # no data set was fetched or read to decide
+    with pytest.raises(DdpmkitError, match="fewer than the 100"):  # any other problem is not a missing split
+        reference_stats_with_fallback("folder:/nowhere", MeanColorFeatures(), num=100, loader=loader)
+    assert asked[-1] == ("folder:/nowhere", "train")
+
+
 def test_run_sweep_scores_each_setting_and_writes_report(tmp_path) -> None:
     rng = np.random.default_rng(8)
     ref_images = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
@@ -384,7 +482,10 @@ def test_run_sweep_scores_each_setting_and_writes_report(tmp_path) -> None:
     assert json.loads(paths["json"].read_text())[2]["sampler"] == "ddpm"
     table = paths["markdown"].read_text()
     assert "| sampler | steps | NFE |" in table and "N = 30" in table and table.count("\n| ddim |") == 2
-    assert paths["plot"].stat().st_size > 0
+    from PIL import Image
+
+    with Image.open(paths["plot"]) as plot:
+        assert plot.format == "PNG" and plot.size == (1200, 480)  # figsize (10, 4) at 120 dpi
 
 
 def test_run_sweep_rejects_unknown_metric_and_missing_reference() -> None:

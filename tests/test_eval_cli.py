@@ -1,13 +1,16 @@
-"""`ddpmkit eval` end to end on a tiny run: the steps-versus-quality table, JSON and plot."""
+"""`ddpmkit eval` and `evaluate_run` end to end on a tiny run: the steps-versus-quality table, JSON and plot."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import require_cached
+from test_eval import _frechet_by_eigh
 
 from ddpmkit.cli import main
+from ddpmkit.errors import DdpmkitError
 
 pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn")
 
@@ -20,8 +23,25 @@ def tiny_run(tmp_path_factory):
     return run
 
 
+def _samples(run, num: int, sampler: str, steps: int) -> np.ndarray:
+    """The images evaluate_run scores for one setting (seed 0), generated here without the sweep code."""
+    from ddpmkit.pipeline import Pipeline
+
+    pipe = Pipeline.from_run(run, device="cpu", precision="fp32")
+    assert pipe.num_classes is None  # the tiny preset is unconditional: no labels to pass
+    return pipe.generate(num, sampler=sampler, steps=steps, seed=0)
+
+
+def _digits(start: int, stop: int) -> np.ndarray:
+    """Real images as the reference sees them: digits (no test split -> train), resized to the run's 16 px."""
+    from ddpmkit.data import load_dataset
+
+    return load_dataset("digits", "train", image_size=16, progress=False).images[start:stop]
+
+
 @pytest.mark.slow
 def test_eval_sweep_writes_table_json_and_plot(tiny_run, capsys):
+    from ddpmkit.eval import InceptionFeatures, MnistClassifier, fid_from_features, gaussian_stats
     from ddpmkit.eval.classifier import classifier_is_cached
     from ddpmkit.eval.inception import inception_is_cached
 
@@ -34,12 +54,76 @@ def test_eval_sweep_writes_table_json_and_plot(tiny_run, capsys):
     assert "| sampler | steps | NFE | seconds | images/s | FID |" in out
     report = tiny_run / "eval"
     rows = json.loads((report / "sweep.json").read_text())
-    rows = rows["rows"] if isinstance(rows, dict) else rows
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
     for row in rows:
         assert row["num"] == 4 and row["ref_n"] == 8 and row["nfe"] == row["steps"]
-        assert row["fid"] > 0 and row["cfid"] > 0 and row["seconds"] > 0 and row["images_per_s"] > 0
+        assert row["ref"] == "digits:train"  # no test split: the train images are the reference
+        assert row["images_per_s"] == pytest.approx(row["num"] / row["seconds"])
+        assert sum(row["class_counts"]) == 4
     assert (report / "sweep.md").exists() and (report / "sweep.png").exists()
+
+    # The FID in the table is the FID of the setting's images against the first 8 reference images, recomputed
+    # here from scratch by another route (eigendecompositions; one 2048-d FID costs seconds on 1 thread, so one
+    # Inception row is checked; the classifier rows all are).
+    inception, classifier = InceptionFeatures(), MnistClassifier()
+    images, real = _samples(tiny_run, 4, "ddim", 2), _digits(0, 8)
+    stats = gaussian_stats(inception(images, progress=False)) + gaussian_stats(inception(real, progress=False))
+    assert rows[0]["fid"] == pytest.approx(_frechet_by_eigh(*stats), rel=1e-6)
+    reference = classifier(real, progress=False)
+    for row in rows:
+        images = _samples(tiny_run, 4, row["sampler"], row["steps"])
+        assert row["cfid"] == pytest.approx(fid_from_features(classifier(images, progress=False), reference),
+                                            rel=1e-6)
+    # A 4-step model draws noise: real digits not in the reference score far better on the same scale.
+    assert fid_from_features(classifier(_digits(8, 12), progress=False), reference) < rows[0]["cfid"] / 3
+
+
+def test_evaluate_run_writes_into_the_run_folder(tiny_run):
+    from ddpmkit.eval import MnistClassifier, evaluate_run, fid_from_features
+    from ddpmkit.eval.classifier import classifier_is_cached
+
+    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    checkpoint = sorted((tiny_run / "checkpoints").iterdir())[-1]
+    result = evaluate_run(checkpoint, samplers=("ddim",), steps=(2,), num=6, ref_num=8,
+                          metrics=("cfid", "classes"), device="cpu", precision="fp32", progress=False)
+    assert result.paths["json"] == tiny_run / "eval" / "sweep.json"  # a checkpoint's run folder, not beside it
+    assert json.loads(result.paths["json"].read_text()) == json.loads(json.dumps(result.rows))
+    (row,) = result.rows
+    assert (row["sampler"], row["steps"], row["nfe"], row["num"], row["cfid_ref_n"]) == ("ddim", 2, 2, 6, 8)
+    assert "fid" not in row and "kid_mean" not in row  # only the metrics asked for
+    classifier = MnistClassifier()
+    expected = fid_from_features(classifier(_samples(tiny_run, 6, "ddim", 2), progress=False),
+                                 classifier(_digits(0, 8), progress=False))
+    assert row["cfid"] == pytest.approx(expected, rel=1e-6)
+    assert sum(row["class_counts"]) == 6 and row["class_entropy"] == pytest.approx(
+        -sum(p * np.log(p) for p in row["class_shares"] if p > 0), abs=1e-5)
+    assert "| ddim | 2 | 2 |" in result.markdown
+
+    elsewhere = evaluate_run(tiny_run, samplers=("ddim",), steps=(2,), num=6, ref_num=8, metrics=("classes",),
+                             device="cpu", out=tiny_run.parent / "elsewhere", progress=False)
+    assert elsewhere.paths["markdown"] == tiny_run.parent / "elsewhere" / "sweep.md"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"samplers": ("euler",)}, "unknown sampler"),
+    ({"steps": (2, 500)}, "the model's T"),
+    ({"steps": (0,)}, "between 1 and"),
+    ({"eta": 1.5}, "eta must be in"),
+    ({"metrics": ("fid", "is")}, "unknown metrics"),
+    ({"ref_split": "val"}, "unknown reference split"),
+    ({"num": 1}, "at least 2"),
+])
+def test_evaluate_run_checks_arguments_before_loading_anything(tiny_run, monkeypatch, kwargs, message):
+    from ddpmkit.eval import evaluate_run, reference
+    from ddpmkit.pipeline import Pipeline
+
+    def loaded(*args, **kw):
+        raise AssertionError("weights or reference statistics were loaded before the arguments were checked")
+
+    monkeypatch.setattr(Pipeline, "from_run", loaded)
+    monkeypatch.setattr(reference, "reference_stats", loaded)
+    with pytest.raises(DdpmkitError, match=message):
+        evaluate_run(tiny_run, **{"steps": (2,), "device": "cpu", "progress": False, **kwargs})
 
 
 def test_eval_bad_input(tiny_run, capsys):
@@ -48,7 +132,7 @@ def test_eval_bad_input(tiny_run, capsys):
     assert main(["eval", str(tiny_run), "--steps", "5,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
     assert main(["eval", str(tiny_run), "--steps", "500"]) == 2
-    assert "exceeds the model's T" in capsys.readouterr().err
+    assert "the model's T" in capsys.readouterr().err
 
 
 def test_data_command_through_main(capsys):

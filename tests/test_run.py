@@ -98,3 +98,34 @@ def test_registered_state_is_saved_and_restored_and_custom_hooks_run(tmp_path):
     assert counter2.count == 4
     with pytest.raises(ValueError, match="already taken"):
         resumed.state.register("model", Counter())
+
+
+def test_loading_a_pipeline_does_not_import_training():
+    import subprocess
+    import sys
+
+    code = ("import sys, ddpmkit.pipeline; "
+            "print(sorted(m for m in sys.modules if m.startswith('ddpmkit.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_pipeline_uses_the_samplers_defaults_and_model_kwargs(tmp_path):
+    from ddpmkit.pipeline import Pipeline
+
+    config = tiny_config(2, checkpoint_every=2)
+    config.override(["model.class_conditional=true"])
+    Trainer(config, tmp_path / "run", data=tiny_data(), progress=False).fit()
+    pipe = Pipeline.from_run(tmp_path / "run", device="cpu")
+    assert pipe.run == RunFolder(tmp_path / "run") and pipe.num_classes == 3
+    for sampler, expected in [("ddim", 50), ("dpm++2m", 20), ("ddpm", 50)]:  # T = 50: ddpm runs all T
+        seen = []
+        pipe.generate(2, sampler=sampler, callback=seen.append)
+        assert len(seen) == expected, sampler
+    by_labels = pipe.generate(3, labels=[0, 1, 2], steps=3, return_tensor=True)
+    by_kwargs = pipe.generate(3, model_kwargs={"labels": torch.tensor([0, 1, 2])}, steps=3, return_tensor=True)
+    assert torch.equal(by_labels, by_kwargs)
+    batched = pipe.generate(3, labels=[0, 1, 2], steps=3, return_tensor=True, batch_size=2)
+    assert torch.allclose(batched, by_labels, atol=1e-6)  # labels are chunked with the noise
+    with pytest.raises(DdpmkitError, match="labels must be"):
+        pipe.generate(2, labels=[5])

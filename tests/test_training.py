@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import RunConfig
 from ddpmkit.data import ImageArray
 from ddpmkit.errors import DdpmkitError
-from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.run import RunFolder
 from ddpmkit.training import EMA, Trainer, lr_at
 

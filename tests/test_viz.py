@@ -20,6 +20,19 @@ def test_to_uint8_mapping_and_layout():
     assert to_uint8(rgb)[0, 1, 1].tolist() == [0, 128, 255]  # channels moved last
 
 
+def test_to_uint8_takes_arrays_and_single_images_and_refuses_integers():
+    x = torch.rand(2, 3, 4, 5) * 2.4 - 1.2
+    expected = to_uint8(x)
+    assert np.array_equal(to_uint8(x.numpy().astype(np.float64)), expected)  # arrays: the same float32 math
+    read_only = x.numpy().copy()
+    read_only.flags.writeable = False
+    assert np.array_equal(to_uint8(read_only), expected)
+    assert np.array_equal(to_uint8(x[1]), expected[1:])  # (C, H, W) -> (1, H, W, C)
+    for integers in (torch.zeros(1, 1, 2, 2, dtype=torch.uint8), np.zeros((1, 1, 2, 2), np.int64)):
+        with pytest.raises(ValueError, match="floats"):
+            to_uint8(integers)
+
+
 def test_make_grid_tile_positions():
     tiles = np.stack([np.full((3, 4, 1), 10 + 40 * i, dtype=np.uint8) for i in range(5)])
     grid = make_grid(tiles, nrow=3, padding=2)

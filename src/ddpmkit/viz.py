@@ -18,8 +18,20 @@ from torch import Tensor
 from .atomic import atomic_file
 
 
-def to_uint8(x: Tensor) -> np.ndarray:
-    """(B, C, H, W) floats in [-1, 1] -> uint8 (B, H, W, C): round((clamp(x, -1, 1) + 1) * 127.5)."""
+def to_uint8(x: Tensor | np.ndarray) -> np.ndarray:
+    """Model space -> pixels, the one conversion in ddpmkit (grids, ``Pipeline.generate``, metrics).
+
+    (B, C, H, W) or (C, H, W) floats in [-1, 1] (tensor or array) -> uint8 (B, H, W, C), in float32:
+
+        u = round((clamp(x, -1, 1) + 1) * 127.5)        (round half to even: 0 -> 127.5 -> 128)
+    """
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"to_uint8 expects floats in [-1, 1], got {x.dtype}")
+        x = np.asarray(x, dtype=np.float32)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
+    elif not x.is_floating_point():
+        raise ValueError(f"to_uint8 expects floats in [-1, 1], got {x.dtype}")
     x = x.detach().float().cpu()
     if x.ndim == 3:
         x = x[None]

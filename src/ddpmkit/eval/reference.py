@@ -14,24 +14,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import DdpmkitError
 from ..fetch import cache_dir
+from .features import FeatureExtractor
 from .fid import frechet_distance, gaussian_stats
 from .kid import KIDResult, kid
-
-
-class FeatureExtractor(Protocol):
-    """Anything that maps uint8 NHWC images to (N, D) features and names itself."""
-
-    id: str
-    resize: str
-
-    def __call__(self, images: np.ndarray, *, progress: bool = True) -> np.ndarray: ...
 
 
 @dataclass
@@ -145,6 +136,20 @@ def reference_stats(
     return stats
 
 
+def reference_split(spec: str, split: str = "test", progress: bool = True) -> str:
+    """``split`` if ``spec`` has it, else "train" (pokemon, emoji, digits and folders ship one set of images).
+
+    Decided from the data registry (``ddpmkit.data.available_splits``): nothing is loaded.
+    """
+    from ..data import available_splits
+
+    if split in available_splits(spec):
+        return split
+    if progress:
+        print(f"note: {spec} has no {split} split; its train images are the reference", file=sys.stderr)
+    return "train"
+
+
 def reference_stats_with_fallback(
     spec: str,
     extractor: FeatureExtractor,
@@ -153,20 +158,11 @@ def reference_stats_with_fallback(
     num: int | None = None,
     image_size: int | None = None,
     progress: bool = True,
+    loader: Callable | None = None,
 ) -> ReferenceStats:
-    """``reference_stats`` on ``split``, or on "train" when the data set has no such split (pokemon, emoji, folders).
+    """``reference_stats`` on ``reference_split(spec, split)``: "train" when the data set has no ``split``.
 
     Only a missing split falls back; any other problem (e.g. fewer images than ``num``) is reported as is.
     """
-    from ..data import load_dataset
-
-    if split != "train":
-        try:
-            load_dataset(spec, split=split, image_size=image_size, progress=progress)
-        except DdpmkitError as exc:
-            if "has no" not in str(exc) or "split" not in str(exc):
-                raise
-            if progress:
-                print(f"note: {spec} has no {split} split; its train images are the reference", file=sys.stderr)
-            split = "train"
-    return reference_stats(spec, extractor, split=split, num=num, image_size=image_size, progress=progress)
+    return reference_stats(spec, extractor, split=reference_split(spec, split, progress), num=num,
+                           image_size=image_size, progress=progress, loader=loader)

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from ..errors import DdpmkitError
 from .classifier import MnistClassifier, class_histogram, label_accuracy
+from .features import FeatureExtractor
 from .images import as_uint8_nhwc
-from .reference import FeatureExtractor, ReferenceStats
+from .reference import ReferenceStats
 
 Generator = Callable[[int, str, int, int], "np.ndarray | Mapping"]
 INCEPTION_METRICS = ("fid", "kid")

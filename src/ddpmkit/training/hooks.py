@@ -14,8 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import RunConfig
-from ..sampling import sample
-from ..viz import make_grid, save_grid, to_uint8
+from ..viz import make_grid, save_grid
 
 if TYPE_CHECKING:
     from .trainer import Trainer
