@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ddpmkit.config import RunConfig, list_presets, load_preset
 from ddpmkit.data import ImageArray
 from ddpmkit.errors import DdpmkitError
+from ddpmkit.models import UNetConfig
+from ddpmkit.presets import list_unet_sizes, load_unet_size
 from ddpmkit.training import build_diffusion, build_unet_config
 
 SHAPES = {"mnist": (28, 1), "fashion-mnist": (28, 1), "pokemon": (64, 3), "emoji": (64, 3), "digits": (8, 1)}
@@ -50,3 +54,30 @@ def test_unknown_model_override_is_a_clear_error():
         load_preset("mnist").override(["model.not_a_field=3"])
     with pytest.raises(DdpmkitError, match="model.base_channels expects an integer"):
         RunConfig.from_dict({"model": {"overrides": {"base_channels": "wide"}}})
+
+
+# ----- UNet sizes: YAML files in presets/unet/, in the same loader as the run presets
+
+def test_unet_sizes_listed_beside_run_presets():
+    assert {"tiny", "mnist", "cifar10", "pokemon64"} <= set(list_unet_sizes())
+    assert not set(list_unet_sizes()) & {"unet", "__init__"} and "unet" not in list_presets()
+    assert load_unet_size("cifar10")["time_conditioning"] == "additive"
+    assert UNetConfig.named("tiny") == UNetConfig.from_dict(load_unet_size("tiny"))
+    with pytest.raises(DdpmkitError, match=r"unknown UNet size 'imagenet'; choose one of .*'pokemon64'"):
+        load_unet_size("imagenet")
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_run_presets_name_a_listed_unet_size(name):
+    assert load_preset(name).model.size in list_unet_sizes()
+
+
+def test_package_data_ships_every_preset_file():
+    """pyproject's package-data globs cover every YAML file under presets/ (a wheel would lack the others)."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    package = root / "src" / "ddpmkit"
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ddpmkit"]
+    shipped = {path for pattern in globs for path in package.glob(pattern)}
+    assert set((package / "presets").rglob("*.yaml")) <= shipped
+

@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.models import UNet, UNetConfig
-from ddpmkit.models.layers import AttentionBlock, timestep_embedding
+from ddpmkit.models.layers import AttentionBlock, ResBlock, timestep_embedding
 from ddpmkit.models.norm import group_norm_film_act
+from ddpmkit.presets import list_unet_sizes
 
 
 def _small(image_size: int, mults: tuple[int, ...], **kw) -> UNetConfig:
@@ -24,13 +25,24 @@ def _small(image_size: int, mults: tuple[int, ...], **kw) -> UNetConfig:
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give the zero-initialised layers random weights so the output depends on every input."""
+    """Add N(0, 0.05^2) noise (fixed seed) to every parameter: the zero-initialised layers (conv_out, each
+    ResBlock's conv2, attention to_out) become random, so the output depends on every input and is not all zero."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return model
+
+
+def _assert_responsive(model: UNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None):
+    """The output is non-zero and changes with the input ``x``, with ``t`` and (if given) with the labels."""
+    y = model(x, t, labels)
+    assert y.abs().amax() > 1e-3, "output is (almost) all zero"
+    assert not torch.allclose(model(x + 0.5 * torch.randn_like(x), t, labels), y, atol=1e-4), "ignores x"
+    assert not torch.allclose(model(x, 999 - t, labels), y, atol=1e-4), "ignores t"
+    if labels is not None:
+        assert not torch.allclose(model(x, t, (labels + 1) % model.config.num_classes), y, atol=1e-4), "ignores labels"
+    return y
 
 
 def _count(cfg: UNetConfig) -> int:
@@ -48,23 +60,37 @@ def _count(cfg: UNetConfig) -> int:
 def test_output_shape_for_every_size(size, mults):
     attn = (UNetConfig(image_size=size, channel_mults=mults, base_channels=8, norm_groups=4)
             .level_resolutions()[-1],)
-    model = UNet(_small(size, mults, in_channels=3, attention_resolutions=attn))
-    x = torch.randn(2, 3, size, size)
-    y = model(x, torch.tensor([0, 999]))
+    model = _randomize(UNet(_small(size, mults, in_channels=3, attention_resolutions=attn))).eval()
+    y = _assert_responsive(model, torch.randn(2, 3, size, size), torch.tensor([0, 999]))
     assert y.shape == (2, 3, size, size)
 
 
-def test_non_square_and_padding_crop_region():
-    model = _randomize(UNet(_small(28, (1, 2, 4))))
-    y = model(torch.randn(1, 1, 30, 26), torch.tensor([5]))
-    assert y.shape == (1, 1, 30, 26)
+@pytest.mark.parametrize("height, width", [(27, 30), (33, 26), (30, 32)])
+def test_non_square_and_padding_crop_region(height, width):
+    """A size not divisible by 2**(levels-1) = 8 is zero-padded centred (the extra pixel of an odd padding at the
+    bottom/right) and cropped back: the output is the matching window of the network's output on the explicitly
+    padded input. A crop or padding off by one pixel in either axis fails this."""
+    model = _randomize(UNet(_small(28, (1, 2, 2, 2), attention_resolutions=(7,)))).eval()
+    x, t = torch.randn(2, 1, height, width), torch.tensor([5, 600])
+    pad_h, pad_w = -height % 8, -width % 8
+    top, left = pad_h // 2, pad_w // 2
+    with torch.no_grad():
+        y = model(x, t)
+        full = model(F.pad(x, (left, pad_w - left, top, pad_h - top)), t)
+    assert full.shape[2:] == (height + pad_h, width + pad_w) and y.shape == x.shape
+    torch.testing.assert_close(y, full[:, :, top : top + height, left : left + width], rtol=1e-5, atol=1e-6)
+    for dy, dx in ((1, 0), (0, 1)):  # the check itself tells a one-pixel shift (along each padded axis)
+        if (pad_h if dy else pad_w) > 0:
+            assert not torch.allclose(y, full[:, :, top + dy : top + dy + height, left + dx : left + dx + width])
 
 
 def test_learn_sigma_and_out_channels():
-    assert UNet(_small(16, (1, 2), in_channels=3, learn_sigma=True))(
-        torch.randn(1, 3, 16, 16), torch.tensor([1])).shape == (1, 6, 16, 16)
-    assert UNet(_small(16, (1, 2), in_channels=3, out_channels=1, learn_sigma=True))(
-        torch.randn(1, 3, 16, 16), torch.tensor([1])).shape == (1, 2, 16, 16)
+    model = _randomize(UNet(_small(16, (1, 2), in_channels=3, learn_sigma=True))).eval()
+    y = _assert_responsive(model, torch.randn(2, 3, 16, 16), torch.tensor([1, 500]))
+    assert y.shape == (2, 6, 16, 16)
+    assert not torch.allclose(y[:, :3], y[:, 3:])  # prediction and variance channels are separate outputs
+    model = _randomize(UNet(_small(16, (1, 2), in_channels=3, out_channels=1, learn_sigma=True))).eval()
+    assert _assert_responsive(model, torch.randn(2, 3, 16, 16), torch.tensor([1, 500])).shape == (2, 2, 16, 16)
 
 
 def test_zero_initialised_output():
@@ -84,6 +110,12 @@ def test_level_structure_matches_ddpm():
 
 
 # ---------------------------------------------------------------- named sizes
+
+def test_named_sizes_are_listed_and_load():
+    assert {"tiny", "mnist", "cifar10", "pokemon64"} <= set(list_unet_sizes())
+    for name in list_unet_sizes():
+        assert isinstance(UNetConfig.named(name), UNetConfig)
+
 
 def test_parameter_counts_of_named_sizes():
     # tiny and mnist pinned exactly (architecture regressions show up here)
@@ -105,15 +137,24 @@ def test_named_unknown_and_overrides():
 
 
 def _forward_backward(name: str):
+    """As initialised (zero output layer), the gradient reaches conv_out, so training can start; with random
+    weights, every parameter gets a finite non-zero gradient (none is disconnected)."""
     cfg = UNetConfig.named(name)
-    model = UNet(cfg)
+    torch.manual_seed(0)
     x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    model = UNet(cfg)
     y = model(x, torch.tensor([10]))
-    loss = (y - x).square().mean()
-    loss.backward()
+    (y - x).square().mean().backward()
     assert y.shape == x.shape
-    assert model.conv_out.weight.grad.abs().sum() > 0  # gradient reaches the last layer
-    assert model.time_mlp[0].weight.grad is not None
+    assert model.conv_out.weight.grad.abs().sum() > 0
+    model = _randomize(UNet(cfg))
+    y = model(x, torch.tensor([10]))
+    (y - x).square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        # softmax(q.(k + b)) = softmax(q.k): the key bias has no effect and (numerically almost) no gradient
+        if not pname.endswith("to_k.bias"):
+            assert p.grad.abs().amax() > 0, pname
 
 
 @pytest.mark.parametrize("name", ["tiny", "mnist"])
@@ -201,16 +242,147 @@ def test_group_norm_act_matches_torch_reference(channels_last):
     assert y1.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def test_attention_block_matches_manual_softmax():
+def _manual_attention(blk: AttentionBlock, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """x + to_out(concat_i softmax(q_i k_i^T / sqrt(d)) v_i), head i on channels [i d, (i + 1) d), by einsum."""
+    B, C, H, W = x.shape
+    heads, d = blk.num_heads, C // blk.num_heads
+    u = F.group_norm(x, blk.norm.num_groups, blk.norm.weight, blk.norm.bias).flatten(2).transpose(1, 2)  # (B, HW, C)
+    c = u if context is None else context
+    q, k, v = blk.to_q(u), blk.to_k(c), blk.to_v(c)
+    q, k, v = (z.reshape(B, -1, heads, d) for z in (q, k, v))  # (B, L, heads, d)
+    attn = torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d), dim=-1)
+    out = torch.einsum("bhij,bjhd->bihd", attn, v).reshape(B, H * W, C)
+    return x + blk.to_out(out).transpose(1, 2).reshape(B, C, H, W)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_block_matches_manual_softmax(channels_last):
     torch.manual_seed(0)
     blk = AttentionBlock(8, num_heads=2, groups=4)
-    torch.nn.init.normal_(blk.proj.weight, std=0.1)
+    assert not blk.to_out.weight.any() and not blk.to_out.bias.any()  # zero-initialised: starts as the identity
+    torch.nn.init.normal_(blk.to_out.weight, std=0.1)
     x = torch.randn(2, 8, 3, 4)
-    h = blk.qkv(F.group_norm(x, 4, blk.norm.weight, blk.norm.bias)).reshape(2, 3, 2, 4, 12)
-    q, k, v = h[:, 0], h[:, 1], h[:, 2]  # (B, heads, d, HW)
-    attn = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(4), dim=-1)
-    out = torch.einsum("bhij,bhdj->bhdi", attn, v).reshape(2, 8, 3, 4)
-    torch.testing.assert_close(blk(x), x + blk.proj(out), atol=1e-5, rtol=1e-5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(blk(x), _manual_attention(blk, x), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_projections_are_separate_named_linears():
+    blk = AttentionBlock(8, num_heads=2, groups=4)
+    for name in ("to_q", "to_k", "to_v", "to_out"):
+        layer = getattr(blk, name)
+        assert isinstance(layer, torch.nn.Linear) and (layer.in_features, layer.out_features) == (8, 8)
+    assert {k for k in blk.state_dict() if k.startswith("to_")} == {
+        f"{n}.{w}" for n in ("to_q", "to_k", "to_v", "to_out") for w in ("weight", "bias")}
+    model = UNet(_small(16, (1, 2), attention_resolutions=(8,)))
+    assert "mid.1.to_q.weight" in model.state_dict() and "down.2.1.to_v.bias" in model.state_dict()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_takes_the_fused_sdpa_kernel(channels_last):
+    """Speed guard: q, k, v reach SDPA with stride 1 on the head dimension, so its fused (flash) CPU kernel runs,
+    forward and backward; with only that backend allowed, inputs it cannot take raise "No available kernel"."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    blk = AttentionBlock(8, num_heads=2, groups=4)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        blk(x.to(memory_format=torch.channels_last) if channels_last else x).sum().backward()
+    assert blk.to_q.weight.grad is not None
+
+
+def test_attention_block_cross_attention_context():
+    """Keys and values from a (B, L, context_dim) context (the hook for a later cross-attention UNet)."""
+    torch.manual_seed(0)
+    blk = AttentionBlock(8, num_heads=2, groups=4, context_dim=5)
+    assert blk.to_k.in_features == blk.to_v.in_features == 5 and blk.to_q.in_features == 8
+    torch.nn.init.normal_(blk.to_out.weight, std=0.1)
+    x, context = torch.randn(2, 8, 3, 4), torch.randn(2, 7, 5)
+    torch.testing.assert_close(blk(x, context), _manual_attention(blk, x, context), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- time-embedding projections
+
+def test_each_res_block_owns_its_emb_proj():
+    """Every ResBlock projects the shared silu(embedding) with its own ``emb_proj``, called once per forward;
+    changing one block's projection changes that block's conditioning only."""
+    cfg = _small(16, (1, 2), attention_resolutions=(8,), num_classes=3)
+    model = _randomize(UNet(cfg)).eval()
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, ResBlock)}
+    assert len(blocks) == 2 + 2 + 2 * 2  # encoder, middle, decoder (num_res_blocks + 1 a level)
+    for name, blk in blocks.items():
+        assert (blk.emb_proj.in_features, blk.emb_proj.out_features) == (4 * cfg.base_channels, 2 * blk.out_ch)
+        assert f"{name}.emb_proj.weight" in model.state_dict()
+    assert len({id(b.emb_proj.weight) for b in blocks.values()}) == len(blocks)
+
+    seen: dict[str, list] = {name: [] for name in blocks}
+    for name, blk in blocks.items():
+        blk.emb_proj.register_forward_hook(lambda m, i, o, name=name: seen[name].append((i[0], o)))
+    x, t, labels = torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), torch.tensor([0, 2])
+    with torch.no_grad():
+        y = model(x, t, labels)
+        # the input of every projection is silu(time_mlp(sinusoid(t)) + label embedding), SiLU'd once
+        emb = F.silu(model.time_mlp(timestep_embedding(t, cfg.base_channels)) + model.label_emb.embedding(labels))
+    assert all(len(calls) == 1 for calls in seen.values())
+    for calls in seen.values():
+        torch.testing.assert_close(calls[0][0], emb)
+    before = {name: calls[0][1] for name, calls in seen.items()}
+
+    changed = "mid.0"
+    with torch.no_grad():
+        blocks[changed].emb_proj.weight.add_(0.5)
+        for calls in seen.values():
+            calls.clear()
+        y2 = model(x, t, labels)
+    for name, calls in seen.items():
+        assert torch.equal(calls[0][1], before[name]) == (name != changed), name
+    assert not torch.allclose(y, y2, atol=1e-4)  # and the block uses it
+
+
+def _old_layout(model: UNet) -> dict[str, torch.Tensor]:
+    """The model's weights in the layout before ResBlocks owned their projections and attention had to_q/k/v:
+    one shared ``emb_proj = Sequential(SiLU, Linear)`` over the concatenated block projections, concatenated in
+    ``self.modules()`` order of the ResBlocks, and 1x1 convs ``qkv`` (channels [q | k | v]) and ``proj``."""
+    sd = dict(model.state_dict())
+    weights, biases = [], []
+    for name, m in model.named_modules():
+        if isinstance(m, ResBlock):
+            weights.append(sd.pop(f"{name}.emb_proj.weight"))
+            biases.append(sd.pop(f"{name}.emb_proj.bias"))
+        elif isinstance(m, AttentionBlock):
+            parts = [(sd.pop(f"{name}.{p}.weight"), sd.pop(f"{name}.{p}.bias")) for p in ("to_q", "to_k", "to_v")]
+            sd[f"{name}.qkv.weight"] = torch.cat([w for w, _ in parts])[:, :, None, None]
+            sd[f"{name}.qkv.bias"] = torch.cat([b for _, b in parts])
+            sd[f"{name}.proj.weight"] = sd.pop(f"{name}.to_out.weight")[:, :, None, None]
+            sd[f"{name}.proj.bias"] = sd.pop(f"{name}.to_out.bias")
+    sd["emb_proj.1.weight"], sd["emb_proj.1.bias"] = torch.cat(weights), torch.cat(biases)
+    return sd
+
+
+@pytest.mark.parametrize("time_conditioning", ["scale_shift", "additive"])
+def test_old_layout_state_dict_loads_identically(time_conditioning):
+    cfg = _small(16, (1, 2), attention_resolutions=(8,), num_classes=3, time_conditioning=time_conditioning)
+    model = _randomize(UNet(cfg)).eval()
+    old = _old_layout(model)
+    assert "emb_proj.1.weight" in old and "mid.1.qkv.weight" in old and "mid.0.emb_proj.weight" not in old
+    loaded = UNet(cfg)
+    result = loaded.load_state_dict(old)  # strict
+    assert not result.missing_keys and not result.unexpected_keys
+    assert "emb_proj.1.weight" in old  # the caller's dict is not modified
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    x, t, labels = torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), torch.tensor([0, 2])
+    assert torch.equal(loaded.eval()(x, t, labels), model(x, t, labels))
+    # under a parent module (prefixed keys) too
+    parent = torch.nn.ModuleDict({"net": UNet(cfg)})
+    parent.load_state_dict({f"net.{k}": v for k, v in old.items()})
+    assert torch.equal(parent["net"].eval()(x, t, labels), model(x, t, labels))
+
+
+def test_old_layout_of_another_config_is_a_clear_error():
+    old = _old_layout(UNet(_small(16, (1, 2), attention_resolutions=(8,))))
+    with pytest.raises(DdpmkitError, match="another configuration"):
+        UNet(_small(16, (1, 2), attention_resolutions=(8,), time_conditioning="additive")).load_state_dict(old)
 
 
 # ---------------------------------------------------------------- config and weights round trips

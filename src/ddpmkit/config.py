@@ -10,7 +10,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import DdpmkitError
+from .presets import list_presets, load_preset  # noqa: F401  (re-exported; they live with the UNet sizes)
 
 
 @dataclass
@@ -241,24 +241,3 @@ def _coerce(value: Any, annotation: Any, shown: str) -> Any:
             return value
         raise DdpmkitError(f"{shown} expects a string, got {value!r}")
     return value
-
-
-# ----- presets ----------------------------------------------------------------------------------------------
-
-def list_presets() -> list[str]:
-    folder = resources.files("ddpmkit") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_preset(name: str) -> RunConfig:
-    """A preset by name (``mnist``, ``pokemon64``, …) or a path to a YAML file."""
-    path = Path(name)
-    if name.endswith((".yaml", ".yml")) or path.exists():
-        if not path.exists():
-            raise DdpmkitError(f"preset file {name} does not exist")
-        return RunConfig.load(path)
-    presets = list_presets()
-    if name not in presets:
-        raise DdpmkitError(f"unknown preset '{name}'; choose one of {', '.join(presets)} or pass a YAML file")
-    text = (resources.files("ddpmkit") / "presets" / f"{name}.yaml").read_text()
-    return RunConfig.from_dict(yaml.safe_load(text), where=f"preset {name}")

@@ -1,5 +1,5 @@
-"""Networks: the noise-prediction UNet and its configuration."""
+"""Networks: the noise-prediction UNet and its configuration (named sizes: ``ddpmkit.presets``)."""
 
-from ddpmkit.models.unet import NAMED_CONFIGS, UNet, UNetConfig
+from ddpmkit.models.unet import UNet, UNetConfig
 
-__all__ = ["NAMED_CONFIGS", "UNet", "UNetConfig"]
+__all__ = ["UNet", "UNetConfig"]

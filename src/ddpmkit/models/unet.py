@@ -11,10 +11,12 @@ Structure, for ``L = len(channel_mults)`` levels with ``ch_l = base_channels * c
     out:                 GroupNorm, SiLU, conv_out (3x3, zero-initialised)
 
 Time ``t`` -> sinusoidal(base) -> Linear -> SiLU -> Linear (``4 * base`` dims, DDPM) [+ label embedding]
--> one shared ``SiLU -> Linear`` producing every ResBlock's scale/shift (or additive bias) at once.
+-> SiLU, then each ResBlock's own ``emb_proj`` Linear gives its scale/shift (or additive bias).
 
 Inputs whose size is not divisible by ``2**(L-1)`` are zero-padded (centred) up to the next multiple and the
 output is cropped back, so 28x28, 30x30, 48x48 all work with any number of levels.
+
+Named sizes (``UNetConfig.named``) are YAML files in ``ddpmkit/presets/unet/``, beside the run presets.
 
 Zero initialisation (improved-diffusion): ``conv_out``, every ResBlock's second conv and every attention
 output projection start at zero, so the untrained network outputs exactly 0 and each block starts as the
@@ -25,8 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ from ddpmkit.models.layers import (
     timestep_embedding,
     zero_,
 )
+from ddpmkit.presets import load_unet_size
 
 _TIME_CONDITIONING = ("scale_shift", "additive")
 
@@ -124,40 +127,18 @@ class UNetConfig:
         return cls(**d)
 
     @classmethod
-    def named(cls, name: str, **overrides) -> UNetConfig:
-        """A named size (``tiny``, ``mnist``, ``cifar10``, ``pokemon64``) with optional field overrides."""
-        if name not in NAMED_CONFIGS:
-            raise DdpmkitError(f"unknown UNet size {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
-        d = {**NAMED_CONFIGS[name], **overrides}
-        return cls.from_dict(d)
-
-
-# Named sizes. Parameter counts are pinned in tests/test_unet.py.
-NAMED_CONFIGS: dict[str, dict] = {
-    # for tests: a forward pass in about a millisecond
-    "tiny": dict(image_size=16, in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(8,), num_heads=2, norm_groups=4),
-    # chosen for CPU training speed (see benchmarks/results/unet.md)
-    "mnist": dict(image_size=28, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2,
-                  attention_resolutions=(7,), num_heads=4, norm_groups=32),
-    # DDPM CIFAR-10 model (Ho et al. 2020, appendix B: 35.7M parameters). DDPM's additive time conditioning
-    # and single-head attention (also in the middle block) give 35.75M; scale_shift would give 38.3M (+7%).
-    "cifar10": dict(image_size=32, in_channels=3, base_channels=128, channel_mults=(1, 2, 2, 2),
-                    num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1,
-                    time_conditioning="additive"),
-    # 64/128/256/512 channels, attention with 4 heads at 16x16 and in the middle block, scale-shift: 59.39M
-    # (+2.4% of the ~58M target; additive conditioning would give 57.89M, no middle attention 58.34M)
-    "pokemon64": dict(image_size=64, in_channels=3, base_channels=64, channel_mults=(1, 2, 4, 8),
-                      num_res_blocks=2, attention_resolutions=(16,), num_heads=4),
-}
+    def named(cls, name: str, **overrides: Any) -> UNetConfig:
+        """A named size (``tiny``, ``mnist``, ``cifar10``, ``pokemon64``: ``ddpmkit/presets/unet/<name>.yaml``)
+        with optional field overrides."""
+        return cls.from_dict({**load_unet_size(name), **overrides})
 
 
 class _Stage(nn.ModuleList):
-    """A run of blocks applied in order; ResBlocks take the next slice of the time-embedding projection."""
+    """A run of blocks applied in order; each ResBlock also gets the (SiLU'd) time embedding."""
 
-    def forward(self, h: Tensor, emb: Iterator[Tensor]) -> Tensor:  # type: ignore[override]
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
         for block in self:
-            h = block(h, next(emb)) if isinstance(block, ResBlock) else block(h)
+            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
         return h
 
 
@@ -173,7 +154,7 @@ class UNet(nn.Module):
         base, groups, mults = cfg.base_channels, cfg.norm_groups, cfg.channel_mults
         temb = 4 * base  # DDPM: time-embedding width is 4x the base channels
         scale_shift = cfg.time_conditioning == "scale_shift"
-        res_block = lambda i, o: ResBlock(i, o, groups, cfg.dropout, scale_shift)
+        res_block = lambda i, o: ResBlock(i, o, temb, groups, cfg.dropout, scale_shift)
         attn = lambda c: AttentionBlock(c, cfg.num_heads, groups)
         attn_levels = {lvl for lvl, r in enumerate(cfg.level_resolutions()) if r in cfg.attention_resolutions}
 
@@ -214,11 +195,22 @@ class UNet(nn.Module):
         self.norm_out = GroupNormAct(groups, ch)
         self.conv_out = zero_(nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1))
 
-        # One Linear for all ResBlocks' time projections instead of one per block: one matmul instead of
-        # ~25 tiny ones (gain not separately measurable within benchmark noise; parameters identical).
-        self._res_blocks = [m for m in self.modules() if isinstance(m, ResBlock)]  # forward order
-        self._emb_splits = [b.emb_dim for b in self._res_blocks]
-        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(temb, sum(self._emb_splits)))
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Split the old layout's shared time projection ``emb_proj.1`` (one Linear to the concatenation of all
+        ResBlocks' projections, in ``self.modules()`` order, which is also forward order) into the blocks'
+        ``emb_proj``. (Old attention ``qkv``/``proj`` weights are renamed by ``AttentionBlock`` itself.)"""
+        if prefix + "emb_proj.1.weight" in state_dict:
+            weight = state_dict.pop(prefix + "emb_proj.1.weight")
+            bias = state_dict.pop(prefix + "emb_proj.1.bias")
+            blocks = [(name, m) for name, m in self.named_modules() if isinstance(m, ResBlock)]
+            sizes = [m.emb_proj.out_features for _, m in blocks]
+            if weight.shape[0] != sum(sizes):
+                raise DdpmkitError(f"old-layout emb_proj has {weight.shape[0]} outputs; this UNet's ResBlocks "
+                                   f"need {sum(sizes)}: the weights are for another configuration")
+            for (name, _), w, b in zip(blocks, weight.split(sizes), bias.split(sizes)):
+                state_dict[f"{prefix}{name}.emb_proj.weight"] = w
+                state_dict[f"{prefix}{name}.emb_proj.bias"] = b
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _embed(self, t: Tensor, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
         if t.ndim == 0:
@@ -243,8 +235,7 @@ class UNet(nn.Module):
         t = torch.as_tensor(t)
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != B):
             raise DdpmkitError(f"timesteps t must have shape ({B},) or be a scalar, got {tuple(t.shape)}")
-        emb = self._embed(t, labels, B, x.device)
-        emb_out = iter(self.emb_proj(emb).split(self._emb_splits, dim=1))
+        emb = F.silu(self._embed(t, labels, B, x.device))  # every ResBlock's emb_proj input, SiLU'd once
 
         m = 2 ** (len(self.config.channel_mults) - 1)
         pad_h, pad_w = -H % m, -W % m
@@ -259,11 +250,11 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for stage in self.down:
-            h = stage(h, emb_out)
+            h = stage(h, emb)
             hs.append(h)
-        h = self.mid(h, emb_out)
+        h = self.mid(h, emb)
         for stage in self.up:
-            h = stage(torch.cat([h, hs.pop()], dim=1), emb_out)
+            h = stage(torch.cat([h, hs.pop()], dim=1), emb)
         h = self.conv_out(self.norm_out(h))
 
         if pad_h or pad_w:

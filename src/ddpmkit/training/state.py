@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import optimizer_from_flat, optimizer_to_flat
 from ..data import BatchLoader
+from ..errors import DdpmkitError
 from .ema import EMA
 
 
@@ -67,7 +68,11 @@ class TrainingState:
         """Restore everything :meth:`to_checkpoint` wrote."""
         self.model.load_state_dict(tensors["model"])
         self.ema.load_state_dict(tensors["ema"], state["ema_updates"])
-        self.optimizer.load_state_dict(optimizer_from_flat(tensors.get("optimizer", {}), state["optimizer"]))
+        try:
+            self.optimizer.load_state_dict(optimizer_from_flat(tensors.get("optimizer", {}), state["optimizer"]))
+        except ValueError as exc:  # another parameter layout (e.g. a checkpoint from before per-block emb_proj)
+            raise DdpmkitError(f"the optimizer state does not match this model's parameters ({exc}); the checkpoint "
+                               "is from an older ddpmkit: sample from it, or train a new run") from None
         self.loader.load_state_dict(state["loader"])
         rng = tensors.get("rng", {})
         torch.set_rng_state(rng["torch_cpu"])
