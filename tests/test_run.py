@@ -129,3 +129,12 @@ def test_pipeline_uses_the_samplers_defaults_and_model_kwargs(tmp_path):
     assert torch.allclose(batched, by_labels, atol=1e-6)  # labels are chunked with the noise
     with pytest.raises(DdpmkitError, match="labels must be"):
         pipe.generate(2, labels=[5])
+    # guidance on the real UNet: w = 1 is the conditional model, w = 0 the unconditional one, exactly
+    with torch.no_grad():  # a trained-for-2-steps model barely uses its labels: make them matter
+        pipe.model.label_emb.embedding.weight.normal_(0, 1.0)
+    kw = dict(steps=3, return_tensor=True, batch_size=8)
+    cond = pipe.generate(3, labels=[0, 1, 2], **kw)
+    null = pipe.generate(3, labels=None, model_kwargs={"labels": torch.full((3,), -1)}, **kw)
+    assert not torch.allclose(cond, null)
+    assert torch.equal(pipe.generate(3, labels=[0, 1, 2], guidance=1.0, **kw), cond)
+    assert torch.allclose(pipe.generate(3, labels=[0, 1, 2], guidance=0.0, **kw), null, atol=1e-5)

@@ -193,6 +193,8 @@ def test_output_depends_on_t_and_labels():
     # labels=None is the null class (index num_classes) for every sample
     null = model(x, torch.tensor([10, 10]), torch.tensor([3, 3]))
     torch.testing.assert_close(model(x, torch.tensor([10, 10])), null)
+    # and so is -1 (ddpmkit.sampling.NULL_LABEL, what guidance passes without knowing num_classes)
+    torch.testing.assert_close(model(x, torch.tensor([10, 10]), torch.tensor([-1, -1])), null)
     # a scalar t broadcasts over the batch
     torch.testing.assert_close(model(x, torch.tensor(10), torch.tensor([0, 0])), y)
 

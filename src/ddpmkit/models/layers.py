@@ -168,8 +168,10 @@ class Upsample(nn.Module):
 class LabelEmbedding(nn.Module):
     """Class labels -> vectors, plus one "null" class for classifier-free guidance (DiT ``LabelEmbedder``).
 
-    Index ``num_classes`` is the null (unconditional) label. In training mode, each label is replaced by the
-    null label with probability ``dropout_prob`` (Ho & Salimans 2022); ``labels=None`` means null for all.
+    Index ``num_classes`` is the null (unconditional) label; a label of -1 (``ddpmkit.sampling.NULL_LABEL``, what
+    guidance passes for "no class") maps to it, so callers need not know the number of classes. In training
+    mode, each label is replaced by the null label with probability ``dropout_prob`` (Ho & Salimans 2022);
+    ``labels=None`` means null for all.
     """
 
     def __init__(self, num_classes: int, dim: int, dropout_prob: float = 0.0):
@@ -180,7 +182,8 @@ class LabelEmbedding(nn.Module):
     def forward(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
         if labels is None:
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        elif self.training and self.dropout_prob > 0:
+        labels = torch.where(labels < 0, self.num_classes, labels)  # -1: the null label
+        if self.training and self.dropout_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding(labels)
