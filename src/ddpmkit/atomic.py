@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import DdpmkitError
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
@@ -60,3 +62,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(path: str | Path, kind: str = "file", flag: str = "--out") -> Path:
+    """Fail before any work when ``path`` cannot be written; creates nothing.
+
+    ``kind`` is "file" or "dir". Refused: a folder where a file should go (or a file where a folder should), a
+    path under an existing file, or a location this user may not write.
+    """
+    path = Path(path)
+    if path.exists():
+        if kind == "file" and path.is_dir():
+            raise DdpmkitError(f"{flag} {path} is a folder; pass a file name such as {path / 'grid.png'}")
+        if kind == "dir" and not path.is_dir():
+            raise DdpmkitError(f"{flag} {path} is a file, not a folder; pass a folder path")
+    ancestor = path if kind == "dir" else path.parent
+    ancestor = Path(os.path.abspath(ancestor))
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DdpmkitError(f"{flag} {path} cannot be written: {ancestor} is a file, not a folder; choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DdpmkitError(f"{flag} {path} cannot be written: {ancestor} is not writable; choose another path")
+    return path

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import DdpmkitError
 from .malloc import keep_freed_memory
@@ -56,17 +57,37 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (and exit status 2), like every other ddpmkit error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Commands with parsers of their own: ``ddpmkit data ...`` and ``ddpmkit eval ...`` hand them the rest of argv.
+DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
+             "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpmkit", description="Denoising diffusion from scratch.")
+    parser = OneLineParser(prog="ddpmkit", description="Denoising diffusion from scratch.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
-    data = sub.add_parser("data", help="list | fetch NAME | show NAME", add_help=False)
-    data.add_argument("rest", nargs=argparse.REMAINDER)
-    evaluate = sub.add_parser("eval", help="FID/KID and more for a run over samplers and step counts", add_help=False)
-    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, text in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("presets", help="list the training presets")
     return parser
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    if command == "data":
+        from .data import data_main
+
+        return data_main(rest)
+    from .eval.cli import eval_main
+
+    return eval_main(rest)
 
 
 def resolve_train_config(args: argparse.Namespace):
@@ -101,10 +122,12 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .training import Trainer
     from .training.plots import format_summary
 
     config, run_dir, resume_path = resolve_train_config(args)
+    check_writable(run_dir, "dir", "--out")
     trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
     where = f"resuming {resume_path} at step {trainer.step}" if resume_path else "new run"
     print(f"ddpmkit train: {config.data.name} on {trainer.device} ({trainer.precision}), "
@@ -121,21 +144,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from .atomic import check_writable
     from .pipeline import Pipeline
+    from .sampling import check_sampler_args
     from .viz import make_grid, save_gif, save_grid, to_uint8
 
-    pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights)
+    # every check before any work: arguments, output paths, then the run itself
     labels = None
     if args.labels:
         try:
             labels = [int(v) for v in args.labels.split(",")]
         except ValueError:
             raise DdpmkitError(f"--labels expects comma-separated integers, got '{args.labels}'") from None
+    if args.num < 1 or args.batch_size < 1:
+        raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {args.num} and {args.batch_size})")
+    if args.gif and args.num > args.batch_size:
+        raise DdpmkitError("--gif records one batch: use --num no larger than --batch-size")
+    check_writable(args.out, "file", "--out")
+    if args.gif:
+        check_writable(args.out.with_suffix(".gif"), "file", "--out")
+    if args.individual:
+        check_writable(args.individual, "dir", "--individual")
+    pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights)
+    check_sampler_args(args.sampler, args.steps, args.eta, pipe.diffusion.num_steps)
+    if args.guidance is not None and args.guidance != 1.0 and pipe.num_classes is None:
+        raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: guidance needs a class-conditional model; "
+                           "drop --guidance")
+    if labels is not None:
+        pipe.label_kwargs(labels, args.num)  # checks the labels against the run's classes
     frames = []
     callback = None
     if args.gif:
-        if args.num > args.batch_size:
-            raise DdpmkitError("--gif records one batch: use --num no larger than --batch-size")
         callback = lambda step: frames.append(make_grid(to_uint8(step.x.clamp(-1, 1).cpu())))
     start = time.perf_counter()
     images = pipe.generate(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
@@ -168,23 +207,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in ("train", "sample", "eval"):
+    command = argv[0] if argv else None
+    args = None if command in DELEGATED else build_parser().parse_args(argv)
+    if command in ("train", "sample", "eval"):
         keep_freed_memory()  # glibc: reuse freed activations instead of page-faulting them in every step
     try:
+        if command in DELEGATED:
+            return _delegate(command, argv[1:])
         if args.command == "train":
             return cmd_train(args)
         if args.command == "sample":
             return cmd_sample(args)
-        if args.command == "data":
-            from .data import data_main
-
-            return data_main(args.rest)
-        if args.command == "eval":
-            from .eval.cli import eval_main
-
-            return eval_main(args.rest)
         return cmd_presets(args)
     except DdpmkitError as exc:
         print(f"ddpmkit: error: {exc}", file=sys.stderr)

@@ -10,7 +10,9 @@ from ..errors import DdpmkitError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpmkit data", description="Named data sets: list, fetch, show.")
+    from ..cli import OneLineParser
+
+    parser = OneLineParser(prog="ddpmkit data", description="Named data sets: list, fetch, show.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the named data sets and where they come from")
     fetch = sub.add_parser("fetch", help="download (pinned sha256) and convert once into the cache")
@@ -43,16 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             import numpy as np
 
+            from ..atomic import check_writable
             from ..viz import save_grid
 
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.name.split("/")[-1])
+            out = check_writable(args.out or Path(f"data_{safe}.png"), "file", "--out")
+            if args.num < 1:
+                raise DdpmkitError(f"--num must be at least 1, got {args.num}")
             data = load_dataset(args.name, split=args.split, image_size=args.image_size)
             pick = np.linspace(0, len(data) - 1, num=min(args.num, len(data))).round().astype(int)
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.name.split("/")[-1])
-            out = args.out or Path(f"data_{safe}.png")
             print(save_grid(data.images[pick], out))
             print(f"{data.name}: {len(data)} images {data.images.shape[1:]}, "
                   f"{data.num_classes} classes {data.class_names[:10]}")
     except DdpmkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"ddpmkit data: error: {exc}", file=sys.stderr)
         return 2
     return 0

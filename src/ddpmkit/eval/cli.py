@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import DdpmkitError
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser():
+    from ..cli import OneLineParser
     from ..sampling import SAMPLERS
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="ddpmkit eval",
         description="Sample a run with each sampler and step count; report model evaluations, wall time, "
                     "images/s, FID, KID and (MNIST-like data) classifier metrics as a table, JSON and a plot. "

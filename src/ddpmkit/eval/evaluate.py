@@ -72,6 +72,7 @@ def evaluate_run(
     reference is the first ``ref_num`` images of ``ref_split`` ("train" when the data set has no such split).
     The report goes to ``out``, else the run folder's eval/ (``RunFolder.eval_dir``).
     """
+    from ..atomic import check_writable
     from ..checkpoint import read_state
     from ..data import SPLITS
     from ..run import RunFolder
@@ -93,6 +94,7 @@ def evaluate_run(
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise DdpmkitError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    report_dir = check_writable(Path(out) if out is not None else folder.eval_dir, "dir", "--out")
 
     from ..pipeline import Pipeline
     from .classifier import MnistClassifier
@@ -129,5 +131,5 @@ def evaluate_run(
 
     rows = run_sweep(generate, [{"sampler": s.sampler, "steps": s.steps} for s in checked], num, references,
                      metrics, seed=seed, inception=inception, classifier=classifier, progress=progress)
-    paths = write_sweep_report(rows, Path(out) if out is not None else folder.eval_dir)
+    paths = write_sweep_report(rows, report_dir)
     return EvalResult(rows, paths)
