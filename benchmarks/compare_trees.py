@@ -58,13 +58,13 @@ for name, (cfg, train_batch, infer_batch) in configs.items():
     for key, fn, batch in (("train", train_step, train_batch), ("infer", infer, infer_batch)):
         fn()
         rates = []
-        for _ in range({repeats}):
+        for _ in range(@REPEATS@):
             start, n = time.perf_counter(), 0
-            while time.perf_counter() - start < {min_time}:
+            while time.perf_counter() - start < @MIN_TIME@:
                 fn()
                 n += 1
             rates.append(n * batch / (time.perf_counter() - start))
-        out[f"{{name}} {{key}}"] = statistics.median(rates)
+        out[name + " " + key] = statistics.median(rates)
 print("RESULT " + json.dumps(out))
 """
 
@@ -107,7 +107,7 @@ def main() -> None:
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     for tree in trees.values():
         check_tree(tree)
-    code = UNET_CHILD.format(repeats=args.repeats, min_time=args.min_time)
+    code = UNET_CHILD.replace("@REPEATS@", str(args.repeats)).replace("@MIN_TIME@", str(args.min_time))
     samples: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     for r in range(args.rounds):
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
