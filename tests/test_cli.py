@@ -13,7 +13,7 @@ from ddpmkit.pipeline import Pipeline
 
 pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
 
-FAST = ["--preset", "tiny", "--no-progress", "--device", "cpu"]
+FAST = ["--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu"]  # digits: fast, no cache needed
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,22 @@ def test_sample_bad_values(capsys, trained_run):
 def test_sample_bad_labels(capsys, trained_run):
     assert "unconditional" in run_error(capsys, ["sample", str(trained_run), "--labels", "1,2", "--num", "2"])
     assert "no checkpoint found" in run_error(capsys, ["sample", str(trained_run / "samples"), "--num", "1"])
+
+
+def test_tiny_preset_trains_with_the_base_install_alone(tmp_path):
+    """`ddpmkit train --preset tiny` must not need a test extra: scikit-learn is made unimportable."""
+    import subprocess
+    import sys
+
+    from conftest import require_cached
+
+    from ddpmkit.data.named import cached_path
+
+    require_cached(cached_path("mnist"), "the mnist data set")
+    out = tmp_path / "tiny"
+    code = ("import sys; sys.modules['sklearn'] = None; from ddpmkit.cli import main; "
+            f"sys.exit(main(['train', '--preset', 'tiny', '--out', {str(out)!r}, '--no-progress', '--steps', '2', "
+            "'--device', 'cpu']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mnist on cpu" in proc.stdout and (out / "checkpoints" / "step_0000002").is_dir()

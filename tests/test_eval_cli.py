@@ -18,7 +18,7 @@ pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn")
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("evalrun") / "run"
-    assert main(["train", "--preset", "tiny", "--no-progress", "--device", "cpu", "--out", str(run),
+    assert main(["train", "--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu", "--out", str(run),
                  "--steps", "4", "--set", "train.sample_every=100"]) == 0
     return run
 

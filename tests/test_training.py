@@ -208,8 +208,18 @@ def test_fid_during_training_is_logged_with_its_n(tmp_path):
     require_cached(classifier_is_cached(), "MNIST classifier weights")
     config = tiny_config(4, fid_every=2, fid_num=8, fid_ref_num=20, fid_features="classifier")
     config.override(["data.name=digits", "data.image_size=8"])
-    Trainer(config, tmp_path / "run", progress=False).fit()
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "fid_classifier" in r]
     assert [r["step"] for r in rows] == [2, 4]
-    assert all(r["fid_classifier"] > 0 and r["fid_classifier_num"] == 8 and r["fid_classifier_ref_num"] == 20
-               for r in rows)
+    assert all(r["fid_classifier_num"] == 8 and r["fid_classifier_ref_num"] == 20 for r in rows)
+    # the logged value is the FID of the final EMA model's samples against the data's reference statistics
+    from ddpmkit.eval import MnistClassifier
+    from ddpmkit.eval.reference import reference_stats_with_fallback
+
+    classifier = MnistClassifier()
+    reference = reference_stats_with_fallback("digits", classifier, split="test", num=20, image_size=8,
+                                              progress=False)
+    images = trainer.sample_ema(8, seed=config.train.sample_seed + 1)
+    assert rows[-1]["fid_classifier"] == pytest.approx(reference.fid(classifier(images, progress=False)), rel=1e-6)
+    assert rows[0]["fid_classifier"] != rows[-1]["fid_classifier"]  # step 2's model was another one

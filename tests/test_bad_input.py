@@ -1,0 +1,155 @@
+"""The bad-input catalogue: every command, each bad input, one table.
+
+Each case runs ``ddpmkit ARGS`` in a scratch folder beside a trained run and must give exit status 2, exactly one
+line on stderr that names the problem (the expected words) with no traceback, nothing on stdout, no file created,
+changed or removed anywhere in the folder, and the trained run byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from ddpmkit.cli import main
+
+pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
+
+# the tiny preset's model on scikit-learn's digits: a run in seconds
+TINY = ["--preset", "tiny", "--data", "digits", "--set", "data.image_size=16", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A folder holding a trained run (``run``), a file (``afile``), an empty folder and broken checkpoints."""
+    root = tmp_path_factory.mktemp("bad-input")
+    assert main(["train", *TINY, "--out", str(root / "run"), "--steps", "2", "--set", "train.sample_every=2"]) == 0
+    (root / "afile").write_text("not a folder")
+    (root / "empty").mkdir()
+    checkpoint = sorted((root / "run" / "checkpoints").iterdir())[-1]
+    truncated = root / "truncated"
+    shutil.copytree(checkpoint, truncated)
+    weights = truncated / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    disguised = root / "disguised"  # a pickle posing as weights: must be refused, never unpickled
+    shutil.copytree(checkpoint, disguised)
+    (disguised / "ema.safetensors").write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+    foreign = root / "foreign"
+    foreign.mkdir()
+    (foreign / "state.json").write_text(json.dumps({"format": "someone-elses", "step": 1}))
+    return root
+
+
+RUN = "{run}"
+CASES = [
+    # train
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", *TINY, "--data", "imagenet", "--out", "r"], "imagenet"),
+    (["train", *TINY, "--steps", "0", "--out", "r"], "train.steps must be positive"),
+    (["train", *TINY, "--steps", "many", "--out", "r"], "invalid int value"),
+    (["train", *TINY, "--lr", "0", "--out", "r"], "train.lr must be positive"),
+    (["train", *TINY, "--lr", "-0.001", "--out", "r"], "train.lr must be positive"),
+    (["train", *TINY, "--batch-size", "0", "--out", "r"], "train.batch_size must be positive"),
+    (["train", *TINY, "--set", "train.learning_rate=1", "--out", "r"], "unknown config key 'train.learning_rate'"),
+    (["train", *TINY, "--set", "train.lr=fast", "--out", "r"], "train.lr expects a number"),
+    (["train", *TINY, "--set", "lr", "--out", "r"], "expects key=value"),
+    (["train", *TINY, "--precision", "fp16", "--out", "r"], "fp16 training needs a GPU"),
+    (["train", *TINY, "--set", "model.learn_sigma=true", "--out", "r"], "learn_sigma"),
+    (["train", *TINY, "--set", "data.image_size=0", "--out", "r"], "image_size"),
+    (["train", *TINY, "--set", "model.norm_groups=5", "--out", "r"], "not divisible by norm_groups"),
+    (["train", *TINY, "--data", "folder:{root}/empty", "--out", "r"], "no image files"),
+    (["train", *TINY, "--data", "folder:{root}/missing", "--out", "r"], "does not exist"),
+    (["train", *TINY, "--out", "{root}/afile"], "is a file, not a folder"),
+    (["train", *TINY, "--out", "{root}/afile/run"], "is a file, not a folder"),
+    (["train", *TINY, "--out", RUN], "already holds a trained run"),
+    (["train", *TINY, "--out", "{root}/empty", "--resume"], "no checkpoint found"),
+    (["train", "--resume", RUN, "--set", "train.batch_size=7", "--steps", "4", "--no-progress"],
+     "train.batch_size was"),
+    (["train", "--resume", RUN, "--set", "model.base_channels=16", "--no-progress"], "another model config"),
+    (["train", "--resume", "{root}/truncated", "--out", "r", "--no-progress"], "truncated or corrupt"),
+    # sample
+    (["sample", RUN, "--num", "0"], "--num and --batch-size must be at least 1"),
+    (["sample", RUN, "--batch-size", "0"], "--num and --batch-size must be at least 1"),
+    (["sample", RUN, "--steps", "0"], "steps must be between 1 and"),
+    (["sample", RUN, "--steps", "100000"], "steps must be between 1 and"),
+    (["sample", RUN, "--eta", "-1"], "eta must be in [0, 1]"),
+    (["sample", RUN, "--sampler", "euler"], "invalid choice: 'euler'"),
+    (["sample", RUN, "--labels", "1,2"], "unconditional"),
+    (["sample", RUN, "--labels", "one"], "--labels expects comma-separated integers"),
+    (["sample", RUN, "--guidance", "3"], "unconditional run"),
+    (["sample", RUN, "--out", "{root}/afile/x.png"], "is a file, not a folder"),
+    (["sample", RUN, "--out", "{root}/empty"], "is a folder"),
+    (["sample", RUN, "--individual", "{root}/afile"], "is a file, not a folder"),
+    (["sample", RUN, "--gif", "--num", "8", "--batch-size", "4"], "--gif records one batch"),
+    (["sample", "{root}/missing"], "does not exist"),
+    (["sample", "{root}/empty"], "no checkpoint found"),
+    (["sample", "{root}/truncated"], "truncated or corrupt"),
+    (["sample", "{root}/disguised"], "truncated or corrupt"),
+    (["sample", "{root}/foreign"], "not a ddpmkit checkpoint"),
+    (["sample", RUN, "--weights", "best"], "invalid choice: 'best'"),
+    # eval
+    (["eval", RUN, "--steps", "0"], "steps must be between 1 and"),
+    (["eval", RUN, "--steps", "10,x"], "--steps expects comma-separated integers"),
+    (["eval", RUN, "--sampler", "euler"], "unknown sampler 'euler'"),
+    (["eval", RUN, "--num", "1"], "must be at least 2"),
+    (["eval", RUN, "--metrics", "psnr"], "unknown metrics"),
+    (["eval", RUN, "--ref-split", "dev"], "unknown reference split"),
+    (["eval", RUN, "--out", "{root}/afile"], "is a file, not a folder"),
+    (["eval", "{root}/missing"], "does not exist"),
+    (["eval"], "the following arguments are required: run"),
+    # data
+    (["data", "show", "imagenet"], "imagenet"),
+    (["data", "fetch", "imagenet"], "imagenet"),
+    (["data", "show", "digits", "--out", "{root}/afile/x.png"], "is a file, not a folder"),
+    (["data", "show", "digits", "--split", "dev"], "invalid choice: 'dev'"),
+    (["data", "show", "digits", "--num", "0"], "--num must be at least 1"),
+    (["data", "show", "folder:{root}/empty"], "no image files"),
+    (["data"], "the following arguments are required"),
+    # presets and the command itself
+    (["presets", "extra"], "unrecognized arguments: extra"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under root, with a hash of each file's bytes."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        state[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return state
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse exits by itself
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_catalogue_is_large():
+    assert len(CASES) >= 30 and {c[0][0] for c in CASES} >= {"train", "sample", "eval", "data", "presets"}
+
+
+@pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+def test_bad_input(workspace, monkeypatch, argv, expected):
+    monkeypatch.chdir(workspace)
+    argv = [a.replace(RUN, str(workspace / "run")).replace("{root}", str(workspace)) for a in argv]
+    before = snapshot(workspace)
+    code, out, err = run_cli(argv)
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "error:" in lines[0] and "Traceback" not in err
+    assert expected in lines[0], lines[0]
+    assert out == ""
+    assert snapshot(workspace) == before, "bad input changed files"
