@@ -27,8 +27,11 @@ TINY = ["--preset", "tiny", "--data", "digits", "--set", "data.image_size=16", "
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("bad-input"))
+
+
+def make_workspace(root: Path) -> Path:
     """A folder holding a trained run (``run``), a file (``afile``), an empty folder and broken checkpoints."""
-    root = tmp_path_factory.mktemp("bad-input")
     assert main(["train", *TINY, "--out", str(root / "run"), "--steps", "2", "--set", "train.sample_every=2"]) == 0
     (root / "afile").write_text("not a folder")
     (root / "empty").mkdir()
@@ -136,6 +139,31 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN = "<!-- bad-input catalogue: written by `python tests/test_bad_input.py` from its table; do not edit -->"
+END = "<!-- end of the bad-input catalogue -->"
+
+
+def resolve(argv: list[str], root: Path) -> list[str]:
+    return [a.replace(RUN, str(root / "run")).replace("{root}", str(root)) for a in argv]
+
+
+def catalogue_row(argv: list[str], message: str, root: Path) -> str:
+    """One README row: the command as a user types it (RUN a trained run) -> the message, paths shortened."""
+    command = " ".join(argv).replace(" ".join(TINY), "--preset tiny").replace(RUN, "RUN")
+    command = command.replace("{root}/", "")
+    message = message.replace(str(root / "run"), "RUN").replace(f"{root}/", "").replace(str(root), ".")
+    message = message.split("error: ", 1)[-1]
+    return f"| `ddpmkit {command}` | {message.replace('|', chr(92) + '|')} |"
+
+
+def readme_rows() -> list[str]:
+    text = README.read_text()
+    assert BEGIN in text and END in text, "README lacks the bad-input catalogue: run python tests/test_bad_input.py"
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `ddpmkit")]
+
+
 def test_catalogue_is_large():
     assert len(CASES) >= 30 and {c[0][0] for c in CASES} >= {"train", "sample", "eval", "data", "presets"}
 
@@ -143,9 +171,8 @@ def test_catalogue_is_large():
 @pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
 def test_bad_input(workspace, monkeypatch, argv, expected):
     monkeypatch.chdir(workspace)
-    argv = [a.replace(RUN, str(workspace / "run")).replace("{root}", str(workspace)) for a in argv]
     before = snapshot(workspace)
-    code, out, err = run_cli(argv)
+    code, out, err = run_cli(resolve(argv, workspace))
     assert code == 2, (code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -153,3 +180,28 @@ def test_bad_input(workspace, monkeypatch, argv, expected):
     assert expected in lines[0], lines[0]
     assert out == ""
     assert snapshot(workspace) == before, "bad input changed files"
+    assert catalogue_row(argv, lines[0], workspace) in readme_rows(), "README's catalogue is stale: regenerate it"
+
+
+def test_readme_lists_the_whole_catalogue_in_order():
+    shown = [row.split(" | ")[0] for row in readme_rows()]
+    assert shown == [catalogue_row(argv, "", Path("/x")).split(" | ")[0] for argv, _ in CASES]
+
+
+if __name__ == "__main__":  # rewrite the README's catalogue from the table: python tests/test_bad_input.py
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_workspace(Path(tmp))
+        os.chdir(root)
+        rows = []
+        for argv, _ in CASES:
+            code, _, err = run_cli(resolve(argv, root))
+            assert code == 2, (argv, err)
+            rows.append(catalogue_row(argv, err.strip().splitlines()[0], root))
+    table = "\n".join(["| input | message (stderr, exit status 2) |", "|---|---|", *rows])
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    README.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    print(f"{len(rows)} rows written to {README}")
