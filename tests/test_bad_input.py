@@ -114,6 +114,14 @@ CASES = [
     (["data", "show", "digits", "--num", "0"], "--num must be at least 1"),
     (["data", "show", "folder:{root}/empty"], "no image files"),
     (["data"], "the following arguments are required"),
+    # demo (checked before any server starts, Gradio or not)
+    (["demo", "{root}/missing"], "does not exist"),
+    (["demo", "{root}/empty"], "no checkpoint found"),
+    (["demo", RUN, "--port", "0"], "--port must be from 1 to 65535"),
+    (["demo", RUN, "--port", "http"], "invalid int value"),
+    (["demo", RUN, "--host", "192.0.2.1"], "cannot serve on 192.0.2.1"),
+    (["demo", RUN, "--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["demo"], "the following arguments are required: run"),
     # presets and the command itself
     (["presets", "extra"], "unrecognized arguments: extra"),
     (["nonsense"], "invalid choice: 'nonsense'"),
@@ -165,7 +173,7 @@ def readme_rows() -> list[str]:
 
 
 def test_catalogue_is_large():
-    assert len(CASES) >= 30 and {c[0][0] for c in CASES} >= {"train", "sample", "eval", "data", "presets"}
+    assert len(CASES) >= 30 and {c[0][0] for c in CASES} >= {"train", "sample", "eval", "data", "demo", "presets"}
 
 
 @pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])

@@ -64,9 +64,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# Commands with parsers of their own: ``ddpmkit data ...`` and ``ddpmkit eval ...`` hand them the rest of argv.
+# Commands with parsers of their own (data, eval, demo): ``ddpmkit NAME ...`` hands them the rest of argv.
 DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
-             "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)"}
+             "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)",
+             "demo": "a Gradio app for a trained run (ddpmkit demo --help; pip install 'ddpmkit[demo]')"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         from .data import data_main
 
         return data_main(rest)
+    if command == "demo":
+        from .demo.cli import demo_main
+
+        return demo_main(rest)
     from .eval.cli import eval_main
 
     return eval_main(rest)
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     args = None if command in DELEGATED else build_parser().parse_args(argv)
-    if command in ("train", "sample", "eval"):
+    if command in ("train", "sample", "eval", "demo"):
         keep_freed_memory()  # glibc: reuse freed activations instead of page-faulting them in every step
     try:
         if command in DELEGATED:

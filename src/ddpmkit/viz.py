@@ -86,12 +86,18 @@ def _save_atomic(img: Image.Image, path: str | Path, **kwargs) -> Path:
     return Path(path)
 
 
-def save_grid(images: np.ndarray | Tensor, path: str | Path, nrow: int | None = None,
-              scale: int | None = None) -> Path:
-    """Write a grid PNG atomically; small tiles are upscaled nearest-neighbour (default 96 // H times)."""
+def grid_image(images: np.ndarray | Tensor, nrow: int | None = None, padding: int = 2,
+               scale: int | None = None) -> Image.Image:
+    """The grid as a Pillow image; small tiles are upscaled nearest-neighbour (default 96 // H times)."""
     arr = _as_uint8_stack(images)
     scale = _default_scale(arr.shape[1]) if scale is None else int(scale)
-    return _save_atomic(_to_pil(make_grid(arr, nrow=nrow), scale), path, format="PNG")
+    return _to_pil(make_grid(arr, nrow=nrow, padding=padding), scale)
+
+
+def save_grid(images: np.ndarray | Tensor, path: str | Path, nrow: int | None = None,
+              scale: int | None = None) -> Path:
+    """Write a grid PNG atomically (see :func:`grid_image`)."""
+    return _save_atomic(grid_image(images, nrow=nrow, scale=scale), path, format="PNG")
 
 
 def save_gif(frames: list[np.ndarray], path: str | Path, duration_ms: int = 80,

@@ -1,0 +1,337 @@
+"""`ddpmkit demo`: the app's functions directly, the server over HTTP with gradio_client, and the page in headless
+Chromium (Debian's chromium + chromium-driver with Selenium; .ci/run installs them)."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import socket
+import threading
+import time
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+import torch
+from conftest import IN_CI
+from PIL import Image
+
+from ddpmkit.cli import main
+from ddpmkit.demo import DemoModel, Preview
+from ddpmkit.demo.core import ALL_CLASSES, MAX_IMAGES, Cancelled
+from ddpmkit.errors import DdpmkitError
+from ddpmkit.pipeline import Pipeline
+from ddpmkit.viz import grid_image
+
+pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
+
+TINY = ["--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu", "--steps", "4"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    assert main(["train", *TINY, "--out", str(root / "plain")]) == 0
+    assert main(["train", *TINY, "--out", str(root / "cond"), "--set", "model.class_conditional=true"]) == 0
+    return root
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """A 4-step run is close to its zero-initialised output layer: random weights make every check bite."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+
+
+@pytest.fixture(scope="module")
+def plain(runs) -> DemoModel:
+    model = DemoModel(Pipeline.from_run(runs / "plain", device="cpu", precision="fp32"))
+    _randomise(model.pipe.model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def cond(runs) -> DemoModel:
+    model = DemoModel(Pipeline.from_run(runs / "cond", device="cpu", precision="fp32"))
+    _randomise(model.pipe.model)
+    return model
+
+
+# ----- requests from the UI ----------------------------------------------------------------------------------
+
+
+def test_defaults_and_what_the_run_offers(plain, cond):
+    assert plain.class_names == [] and cond.class_names == [str(i) for i in range(10)]
+    assert "unconditional" in plain.title and "class-conditional (10 classes)" in cond.title
+    T = plain.num_steps
+    assert plain.default_steps("dpm++2m") == 20 and plain.default_steps("ddim") == 50
+    assert plain.default_steps("ddpm") == T
+    request = plain.check("dpm++2m", 20, 0, 7, 16, "3", 5.0)
+    assert request.labels is None and request.guidance is None  # an unconditional run ignores hidden controls
+    assert (request.sampler, request.steps, request.seed, request.num) == ("dpm++2m", 20, 7, 16)
+    assert cond.check("ddim", 10, 0.5, 0, 12, ALL_CLASSES, 2).labels == [i % 10 for i in range(12)]
+    assert cond.check("ddim", 10, 0.5, 0, 3, "7", 2).labels == [7, 7, 7]
+    assert cond.check("ddim", 10, 0.0, 0, 3.0, "7", 2).num == 3  # sliders send floats
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (("euler", 10, 0, 0, 4), "unknown sampler"),
+    (("ddim", 0, 0, 0, 4), "steps must be a whole number from 1 to"),
+    (("ddim", 10_000, 0, 0, 4), "steps must be a whole number from 1 to"),
+    (("ddim", 10, -0.5, 0, 4), "eta must be in [0, 1]"),
+    (("ddim", 10, 2, 0, 4), "eta must be in [0, 1]"),
+    (("ddim", 10, float("nan"), 0, 4), "eta must be a finite number"),
+    (("ddim", 10, 0, -1, 4), "the seed must be a whole number"),
+    (("ddim", 10, 0, 1.5, 4), "the seed must be a whole number"),
+    (("ddim", 10, 0, 0, 0), "the number of images must be a whole number from 1 to 64"),
+    (("ddim", 10, 0, 0, MAX_IMAGES + 1), "the number of images must be a whole number from 1 to 64"),
+    (("ddim", 10, 0, 0, "many"), "the number of images must be a number"),
+    (("ddim", 10, 0, 0, None), "the number of images must be a number"),
+    (("ddim", 10, 0, 0, 4, "eleven", 2), "unknown class 'eleven'"),
+    (("ddim", 10, 0, 0, 4, "1", 25), "guidance must be between 0 and 20"),
+    (("ddim", 10, 0, 0, 4, "1", -1), "guidance must be between 0 and 20"),
+])
+def test_out_of_range_values_are_refused_with_a_message(cond, values, message):
+    with pytest.raises(DdpmkitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cond.check(*values)
+
+
+# ----- Generate ----------------------------------------------------------------------------------------------
+
+
+def test_generate_is_the_pipelines_sampling_with_frames_timing_and_model_evaluations(plain):
+    request = plain.check("ddim", 6, 0.0, 3, 5)
+    result = plain.generate(request)
+    expected = plain.pipe.generate(5, sampler="ddim", steps=6, seed=3)
+    assert np.array_equal(np.asarray(result.grid), np.asarray(grid_image(expected, nrow=3, scale=plain._scale())))
+    assert result.nfe == 6 and result.seconds > 0
+    assert len(result.frames) == 7  # x_t after each of the 6 steps, then the result
+    assert np.array_equal(np.asarray(result.frames[-1]), np.asarray(result.grid))
+    assert not np.array_equal(np.asarray(result.frames[0]), np.asarray(result.grid))
+    with Image.open(result.gif) as gif:
+        assert gif.n_frames >= 2 and gif.size == result.grid.size
+    assert "5 images in" in result.summary and "6 model evaluations" in result.summary
+
+
+def test_a_guided_step_is_one_batched_model_evaluation(cond):
+    counted = []
+    hook = cond.pipe.model.register_forward_hook(lambda m, args, out: counted.append(args[0].shape[0]))
+    try:
+        result = cond.generate(cond.check("dpm++2m", 4, 0, 0, 3, "2", 3.0))
+    finally:
+        hook.remove()
+    assert result.nfe == 4 and counted == [6, 6, 6, 6]  # conditional and unconditional halves in one batch
+    plain_guided = cond.pipe.generate(3, sampler="dpm++2m", steps=4, seed=0, labels=[2, 2, 2], guidance=3.0)
+    assert np.array_equal(np.asarray(result.grid), np.asarray(grid_image(plain_guided, nrow=2, scale=cond._scale())))
+
+
+def test_stream_previews_each_step_then_gives_the_result(plain):
+    request = plain.check("dpm++2m", 5, 0, 1, 4)
+    items = list(plain.stream(request))
+    previews, result = items[:-1], items[-1]
+    assert [p.step for p in previews] == [1, 2, 3, 4] and all(p.num_steps == 5 for p in previews)
+    assert all(isinstance(p, Preview) for p in previews)
+    assert np.array_equal(np.asarray(result.grid), np.asarray(plain.generate(request).grid))
+    assert not plain.lock.locked()
+
+
+def test_closing_the_stream_cancels_the_sampling_within_a_step(plain):
+    calls = []
+    hook = plain.pipe.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 4))
+        first = next(stream)
+        stream.close()  # what Gradio does on Stop
+    finally:
+        hook.remove()
+    assert isinstance(first, Preview) and first.step == 1
+    assert len(calls) < plain.num_steps // 2  # stopped early (the loop checks at every step), not after all T
+    assert not plain.lock.locked()  # the model is free for the next request
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        plain.generate(plain.check("ddim", 5, 0, 0, 2), cancel=cancel)
+
+
+def test_sampling_errors_reach_the_consumer(plain, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(plain.pipe, "generate", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(plain.stream(plain.check("ddim", 2, 0, 0, 2)))
+    assert not plain.lock.locked()
+
+
+# ----- Learn -------------------------------------------------------------------------------------------------
+
+
+def test_explain_is_the_closed_form_forward_process_and_the_models_prediction(cond):
+    e = cond.explain(5, 60, 2)
+    x0, noise, x_t, x0_hat, eps_hat, t = (e.tensors[k] for k in ("x0", "noise", "x_t", "x0_hat", "eps_hat", "t"))
+    data = cond.data()
+    assert torch.equal(x0, torch.from_numpy(data.images[5:6]).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert torch.equal(noise, torch.randn(x0.shape, generator=torch.Generator().manual_seed(2)))
+    ac = float(cond.pipe.diffusion.schedule.alphas_cumprod[60])
+    torch.testing.assert_close(x_t, math.sqrt(ac) * x0 + math.sqrt(1 - ac) * noise)
+    with torch.no_grad():
+        out = cond.pipe.model(x_t, t, labels=torch.tensor([int(data.labels[5])]))
+    torch.testing.assert_close(eps_hat, out)  # an ε-prediction run: ε̂ is the network's output
+    torch.testing.assert_close(x0_hat, (x_t - math.sqrt(1 - ac) * out) / math.sqrt(ac))
+    assert f"ᾱ_t = {ac:.4f}" in e.text
+    assert e.x_t.size == e.x0.size and e.x0.size[0] >= 192
+    with pytest.raises(DdpmkitError, match="t must be a whole number from 0 to 99"):
+        cond.explain(5, 100)
+    with pytest.raises(DdpmkitError, match="the image index must be a whole number"):
+        cond.explain(len(data), 10)
+
+
+def test_schedule_figure_draws_the_runs_schedule_beside_the_common_ones(plain):
+    fig = plain.schedule_figure()
+    axes = fig.get_axes()
+    assert len(axes) == 3 and all(len(ax.get_lines()) == 4 for ax in axes)
+    schedule = plain.pipe.diffusion.schedule
+    np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), schedule.betas.numpy())
+    np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), schedule.alphas_cumprod.numpy())
+    labels = [line.get_label() for line in axes[1].get_lines()]
+    assert labels == ["this run (cosine)", "linear", "cosine", "sigmoid"]
+
+
+# ----- the command -------------------------------------------------------------------------------------------
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_without_gradio_the_command_says_how_to_install_it(runs, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    code, out, err = _cli(["demo", str(runs / "plain"), "--port", str(_free_port())])
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["ddpmkit: error: the demo needs Gradio, which is not installed: "
+                                        "pip install 'ddpmkit[demo]'"]
+
+
+def test_a_port_in_use_is_a_one_line_error(runs):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = _cli(["demo", str(runs / "plain"), "--port", str(port)])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "pass another --port" in err
+
+
+def test_demo_help_works():
+    code, out, _ = _cli(["demo", "--help"])
+    assert code == 0 and "--share" in out and "127.0.0.1" in out
+
+
+# ----- the server and the page -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """The app for the conditional run, served on a free localhost port for this module's tests."""
+    pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo-test]')")
+    from ddpmkit.demo.app import launch
+
+    model = DemoModel.from_run(runs / "cond", device="cpu", precision="fp32")
+    app, url = launch(model, port=_free_port(), block=False)
+    yield url
+    app.close()
+
+
+def test_the_server_answers_generate_and_explain_over_http(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    grid, summary, gif, *_ = client.predict("ddim", 4, 0.0, 1, 6, "3", 2.0, api_name="/generate")
+    assert "6 images in" in summary and "4 model evaluations" in summary and "guidance 2" in summary
+    with Image.open(grid) as image:
+        assert image.size == grid_image(np.zeros((6, 16, 16, 1), np.uint8), nrow=3, scale=6).size
+    with Image.open(gif) as animation:
+        assert animation.n_frames >= 2
+    text, *pictures = client.predict(3, 50, 0, api_name="/explain")
+    assert text.startswith("t = 50: ᾱ_t = ") and len(pictures) == 5
+
+
+def test_concurrent_users_queue_and_all_get_their_images(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    jobs = [client.submit("dpm++2m", 5, 0.0, seed, 4, ALL_CLASSES, 1.0, api_name="/generate") for seed in range(4)]
+    summaries = [job.result(timeout=120)[1] for job in jobs]
+    assert [s.endswith(f"seed {seed}") for seed, s in enumerate(summaries)] == [True] * 4
+
+
+def test_out_of_range_values_from_the_page_are_a_message_not_a_traceback(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    # the sliders' own bounds (Gradio's message) and ours (a class the run does not have) both reach the page
+    with pytest.raises(Exception, match="greater than maximum value 20"):
+        client.predict("ddim", 4, 0.0, 1, 6, "3", 50.0, api_name="/generate")
+    with pytest.raises(Exception, match="unknown class 'eleven'|eleven"):
+        client.predict("ddim", 4, 0.0, 1, 6, "eleven", 2.0, api_name="/generate")
+    summary = client.predict("ddim", 2, 0.0, 1, 2, "3", 2.0, api_name="/generate")[1]
+    assert "2 images in" in summary  # and the server still serves
+
+
+def _chrome():
+    """Headless Chromium through Selenium: skipped (outside CI) or failed (in CI) when it is not installed."""
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium (pip install -e '.[demo-test]')")
+    if missing:
+        message = f"the browser test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        if IN_CI:
+            pytest.fail(message + " — .ci/run should have installed it")
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1100"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium")
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+def test_in_a_browser_generate_shows_images_and_the_time(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chrome()
+    try:
+        browser.get(server)
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "generate").is_enabled())
+        assert "class-conditional (10 classes)" in browser.find_element(By.TAG_NAME, "body").text
+        start = time.perf_counter()
+        browser.find_element(By.ID, "generate").click()
+        WebDriverWait(browser, 120).until(lambda b: "model evaluations" in b.find_element(By.ID, "timing").text)
+        timing = browser.find_element(By.ID, "timing").text
+        assert "16 images in" in timing and "20 model evaluations" in timing, timing
+        images = browser.find_elements(By.CSS_SELECTOR, "#grid img")
+        assert images and images[0].get_attribute("naturalWidth") not in (None, "0")
+        assert time.perf_counter() - start < 120
+    finally:
+        browser.quit()
