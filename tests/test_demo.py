@@ -255,8 +255,13 @@ def server(runs):
 
     model = DemoModel.from_run(runs / "cond", device="cpu", precision="fp32")
     app, url = launch(model, port=_free_port(), block=False)
+    served.model = model
     yield url
     app.close()
+
+
+class served:  # noqa: N801 - the served DemoModel, for tests that watch the server side
+    model: DemoModel
 
 
 def test_the_server_answers_generate_and_explain_over_http(server):
@@ -293,6 +298,30 @@ def test_out_of_range_values_from_the_page_are_a_message_not_a_traceback(server)
         client.predict("ddim", 4, 0.0, 1, 6, "eleven", 2.0, api_name="/generate")
     summary = client.predict("ddim", 2, 0.0, 1, 2, "3", 2.0, api_name="/generate")[1]
     assert "2 images in" in summary  # and the server still serves
+
+
+def test_stop_cancels_a_running_request_and_frees_the_model(server):
+    from gradio_client import Client
+
+    calls = []
+    hook = served.model.pipe.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        client = Client(server, verbose=False)
+        job = client.submit("ddpm", 100, 0.0, 0, 64, ALL_CLASSES, 1.0, api_name="/generate")
+        deadline = time.perf_counter() + 60
+        while len(calls) < 3 and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        assert len(calls) >= 3, "the request never started"
+        job.cancel()
+        time.sleep(1.0)
+        stopped_at = len(calls)
+        time.sleep(1.0)
+        assert len(calls) == stopped_at < 100  # no model evaluation after Stop, and far fewer than T
+    finally:
+        hook.remove()
+    assert not served.model.lock.locked()
+    summary = Client(server, verbose=False).predict("ddim", 2, 0.0, 1, 2, "3", 2.0, api_name="/generate")[1]
+    assert "2 images in" in summary
 
 
 def _chrome():

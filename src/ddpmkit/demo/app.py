@@ -83,7 +83,8 @@ def build_app(model: DemoModel) -> gr.Blocks:
                 request = model.check(sampler_, steps_, eta_, seed_, num_, label_, guidance_)
             except DdpmkitError as exc:
                 raise _page_error(exc) from None
-            for item in model.stream(request):
+            # a handful of previews: each is a PNG the browser fetches, which costs this CPU sampling time
+            for item in model.stream(request, preview_every=max(1, request.steps // 5)):
                 if isinstance(item, Preview):
                     progress((item.step, item.num_steps), desc="sampling", unit="steps")
                     yield item.grid, f"step {item.step} of {item.num_steps}…", gr.skip(), gr.skip(), gr.skip()
@@ -102,12 +103,13 @@ def build_app(model: DemoModel) -> gr.Blocks:
                 raise _page_error(exc) from None
             return e.text, e.x0, e.noise, e.x_t, e.x0_hat, e.eps_hat
 
-        sampler.change(on_sampler, sampler, [steps, eta])
+        # cheap UI updates skip the queue, so they never wait behind someone's sampling
+        sampler.change(on_sampler, sampler, [steps, eta], queue=False, api_name=False)
         event = generate.click(run, [sampler, steps, eta, seed, num, label, guidance],
                                [grid, timing, animation, frames, frame], concurrency_limit=1,
                                api_name="generate")
         stop.click(None, cancels=[event])
-        frame.change(show_frame, [frames, frame], frame_image)
+        frame.change(show_frame, [frames, frame], frame_image, queue=False, api_name=False)
         learn_inputs = [index, t_slider, noise_seed]
         for control in learn_inputs:
             control.change(explain, learn_inputs, [explanation, *shown], api_name=False)
