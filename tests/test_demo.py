@@ -129,7 +129,7 @@ def test_a_guided_step_is_one_batched_model_evaluation(cond):
 
 def test_stream_previews_each_step_then_gives_the_result(plain):
     request = plain.check("dpm++2m", 5, 0, 1, 4)
-    items = list(plain.stream(request))
+    items = [item for item in plain.stream(request) if item is not None]  # None: a heartbeat, nothing new
     previews, result = items[:-1], items[-1]
     assert [p.step for p in previews] == [1, 2, 3, 4] and all(p.num_steps == 5 for p in previews)
     assert all(isinstance(p, Preview) for p in previews)
@@ -141,7 +141,7 @@ def test_closing_the_stream_cancels_the_sampling_within_a_step(plain):
     calls = []
     hook = plain.pipe.model.register_forward_hook(lambda *_: calls.append(1))
     try:
-        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 4))
+        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 4), heartbeat=60)
         first = next(stream)
         stream.close()  # what Gradio does on Stop
     finally:
@@ -153,6 +153,18 @@ def test_closing_the_stream_cancels_the_sampling_within_a_step(plain):
     cancel.set()
     with pytest.raises(Cancelled):
         plain.generate(plain.check("ddim", 5, 0, 0, 2), cancel=cancel)
+
+
+def test_heartbeats_let_a_server_stop_between_sparse_previews(plain):
+    calls = []
+    hook = plain.pipe.model.register_forward_hook(lambda *_: (calls.append(1), time.sleep(0.05)))
+    try:
+        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 4), preview_every=1000, heartbeat=0.01)
+        assert next(stream) is None  # no preview for 1000 steps, but an item to stop at
+        stream.close()
+    finally:
+        hook.remove()
+    assert len(calls) < plain.num_steps // 2 and not plain.lock.locked()
 
 
 def test_sampling_errors_reach_the_consumer(plain, monkeypatch):

@@ -6,10 +6,13 @@ Gradio is imported here only (``pip install 'ddpmkit[demo]'``); the computing is
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 
+import anyio  # noqa: E402  (Gradio's own dependency)
 import gradio as gr  # noqa: E402
 
 from ..errors import DdpmkitError  # noqa: E402
@@ -20,6 +23,19 @@ from .core import ALL_CLASSES, FAST_SAMPLER, MAX_GUIDANCE, MAX_IMAGES, MAX_SEED,
 INTRO = """Each image starts as pure noise x_T and is denoised step by step: at every step the network predicts the
 noise ε̂ in x_t, the sampler turns that into x̂₀ (its current guess of the image) and moves to a less noisy x_{t−1}.
 DPM-Solver++ and DDIM are deterministic and need few steps; DDPM adds fresh noise at every step and needs many."""
+
+
+_DONE = object()  # the end of a stream (its items may be None)
+
+
+def _close_when_idle(items) -> None:
+    """Close a stream (which joins its sampler thread) once the thread stepping it has returned."""
+    while True:
+        try:
+            items.close()
+            return
+        except ValueError:  # "generator already executing": a cancelled await left next() running in its thread
+            time.sleep(0.02)
 
 
 def _page_error(exc: DdpmkitError) -> gr.Error:
@@ -78,20 +94,30 @@ def build_app(model: DemoModel) -> gr.Blocks:
         def on_sampler(name: str) -> tuple[Any, Any]:
             return gr.update(value=model.default_steps(name)), gr.update(visible=name == "ddim")
 
-        def run(sampler_, steps_, eta_, seed_, num_, label_, guidance_, progress=gr.Progress()):  # noqa: B008
+        async def run(sampler_, steps_, eta_, seed_, num_, label_, guidance_, progress=gr.Progress()):  # noqa: B008
+            """An async generator: Stop cancels its task, whose ``finally`` stops the sampler at its next step.
+            (Gradio 6.31 cannot close a sync generator on cancel: it awaits the generator's close.)"""
             try:
                 request = model.check(sampler_, steps_, eta_, seed_, num_, label_, guidance_)
             except DdpmkitError as exc:
                 raise _page_error(exc) from None
+            cancel = threading.Event()
             # a handful of previews: each is a PNG the browser fetches, which costs this CPU sampling time
-            for item in model.stream(request, preview_every=max(1, request.steps // 5)):
-                if isinstance(item, Preview):
-                    progress((item.step, item.num_steps), desc="sampling", unit="steps")
-                    yield item.grid, f"step {item.step} of {item.num_steps}…", gr.skip(), gr.skip(), gr.skip()
-                else:
-                    last = len(item.frames) - 1
-                    yield (item.grid, item.summary, str(item.gif), item.frames,
-                           gr.update(maximum=last, value=last))
+            items = model.stream(request, preview_every=max(1, request.steps // 5), cancel=cancel)
+            try:
+                while (item := await anyio.to_thread.run_sync(next, items, _DONE)) is not _DONE:
+                    if item is None:  # a heartbeat: nothing new to show
+                        continue
+                    if isinstance(item, Preview):
+                        progress((item.step, item.num_steps), desc="sampling", unit="steps")
+                        yield item.grid, f"step {item.step} of {item.num_steps}…", gr.skip(), gr.skip(), gr.skip()
+                    else:
+                        last = len(item.frames) - 1
+                        yield (item.grid, item.summary, str(item.gif), item.frames,
+                               gr.update(maximum=last, value=last))
+            finally:
+                cancel.set()
+                threading.Thread(target=_close_when_idle, args=(items,), daemon=True).start()  # off the event loop
 
         def show_frame(all_frames: list, i: float):
             return all_frames[min(max(int(i), 0), len(all_frames) - 1)] if all_frames else None

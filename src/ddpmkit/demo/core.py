@@ -217,14 +217,18 @@ class DemoModel:
                        duration_ms=max(40, 2000 // len(frames)), scale=1)
         return GenerateResult(grid, frames, gif, seconds, calls[0], request)
 
-    def stream(self, request: GenerateRequest, preview_every: int = 1) -> Iterator[Preview | GenerateResult]:
-        """Sample in a worker thread and yield a :class:`Preview` after steps, then the :class:`GenerateResult`.
+    def stream(self, request: GenerateRequest, preview_every: int = 1, heartbeat: float = 0.25,
+               cancel: threading.Event | None = None) -> Iterator[Preview | GenerateResult | None]:
+        """Sample in a worker thread and yield a :class:`Preview` after steps, then the :class:`GenerateResult`;
+        ``None`` when ``heartbeat`` seconds pass without either.
 
         Closing the iterator (the app does when the user presses Stop or leaves) cancels the sampling at its next
-        step, so a cancelled request frees the model within one model evaluation.
+        step. A server can only close it between items, hence the heartbeat: Stop takes effect within
+        ``heartbeat`` seconds plus one model evaluation, however far apart the previews are. Setting ``cancel``
+        (from any thread) stops it too.
         """
         updates: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+        cancel = cancel if cancel is not None else threading.Event()
 
         def on_step(step: SamplerStep) -> None:
             if (step.i + 1) % preview_every == 0 and step.i + 1 < step.num_steps:
@@ -240,7 +244,11 @@ class DemoModel:
         worker.start()
         try:
             while True:
-                item = updates.get()
+                try:
+                    item = updates.get(timeout=heartbeat)
+                except queue.Empty:
+                    yield None
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
