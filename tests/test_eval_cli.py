@@ -141,3 +141,43 @@ def test_data_command_through_main(capsys):
     for name in ["mnist", "fashion-mnist", "pokemon", "emoji", "digits"]:
         assert name in listing
     assert main(["data", "show", "nope"]) == 2
+
+
+def test_eval_nll_is_the_bound_of_the_runs_model_on_held_out_images(tiny_run, capsys):
+    import math
+
+    import torch
+
+    from ddpmkit.eval.nll import evaluate_nll
+    from ddpmkit.pipeline import Pipeline
+    from ddpmkit.sampling import timestep_spacing
+
+    result, paths = evaluate_nll(tiny_run, num=4, steps=5, batch_size=4, seed=3, device="cpu", progress=False)
+    pipe = Pipeline.from_run(tiny_run, device="cpu", precision="fp32")
+    process = pipe.diffusion.respace(timestep_spacing(pipe.diffusion.num_steps, 5, "linspace"))
+    x0 = torch.from_numpy(_digits(0, 4)).permute(0, 3, 1, 2).double() / 127.5 - 1  # digits has no test split
+    total, terms, prior = process.bits_per_dim(lambda x, t: pipe.model(x, t), x0.float(),
+                                               torch.Generator().manual_seed(3))
+    assert result.split == "train" and result.num == 4 and result.num_terms == 6  # 5 L_t and the prior
+    assert result.bits_per_dim == pytest.approx(total.mean().item(), rel=1e-6)
+    assert result.standard_error == pytest.approx(total.std().item() / math.sqrt(4), rel=1e-5)
+    assert result.term_bits_per_dim == pytest.approx(terms.mean(0).tolist(), rel=1e-6)
+    assert result.term_timesteps == process.timesteps.tolist() and result.term_timesteps[0] == 0
+    # a 4-step model predicts ε ≈ 0, so x̂_0 = x_t/√ᾱ_t explodes near T: a huge, but finite, bound
+    assert 0 < result.bits_per_dim < float("inf")
+    saved = json.loads(paths["json"].read_text())
+    assert saved["bits_per_dim"] == result.bits_per_dim and paths["plot"].stat().st_size > 0
+    assert main(["eval", str(tiny_run), "--nll", "--num", "3", "--nll-steps", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| digits:train | 3 | 4 |" in out and "bits/dim" in out
+
+
+def test_eval_nll_arguments_are_checked(tiny_run):
+    from ddpmkit.eval.nll import evaluate_nll
+
+    with pytest.raises(DdpmkitError, match="--num must be at least 2"):
+        evaluate_nll(tiny_run, num=1)
+    with pytest.raises(DdpmkitError, match="--nll-steps must be between 2 and 100"):
+        evaluate_nll(tiny_run, num=2, steps=1000, progress=False)
+    with pytest.raises(DdpmkitError, match="fewer than --num"):
+        evaluate_nll(tiny_run, num=10**6, steps=2, progress=False)

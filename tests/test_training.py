@@ -43,10 +43,15 @@ def tiny_config(steps: int, **train) -> RunConfig:
     return config
 
 
-def test_resume_is_bitwise_exact(tmp_path):
-    """2N steps straight == N steps, a fresh process-like Trainer resuming, N more (data order, dropout, noise)."""
+@pytest.mark.parametrize("learned", [False, True], ids=["fixed-variance", "learned-variance-importance-t"])
+def test_resume_is_bitwise_exact(tmp_path, learned):
+    """2N steps straight == N steps, a fresh process-like Trainer resuming, N more (data order, dropout, noise);
+    with a learned variance, t importance-sampled from a loss history that warms up (T = 2) before the split."""
     data, n = tiny_data(), 7  # 5 batches an epoch: the split falls mid-epoch and the run crosses epochs
     config = tiny_config(2 * n, checkpoint_every=n)
+    if learned:
+        config.override(["diffusion.num_steps=2", "diffusion.variance=learned_range",
+                         "train.timestep_sampler=loss-second-moment"])
     straight = Trainer(config, tmp_path / "a", data=data, progress=False)
     straight.fit()
     first = Trainer(config, tmp_path / "b", data=data, progress=False)
@@ -61,6 +66,10 @@ def test_resume_is_bitwise_exact(tmp_path):
     for name, tensor in straight.ema.state_dict().items():
         assert torch.equal(tensor, resumed.ema.state_dict()[name]), name
     assert straight.loader.state_dict() == resumed.loader.state_dict()
+    if learned:
+        assert first.timestep_sampler.warmed_up  # importance sampling was on before the split
+        assert straight.timestep_sampler.state_dict() == resumed.timestep_sampler.state_dict()
+        assert straight.model.config.learn_sigma and straight.diffusion.learns_variance
     # and the weights did change: the test would be empty if nothing trained
     fresh = Trainer(config, tmp_path / "c", data=data, progress=False)
     assert not torch.equal(next(iter(fresh.model.state_dict().values())),

@@ -39,7 +39,8 @@ class DiffusionConfig:
     schedule: str = "cosine"             # linear, cosine or sigmoid
     num_steps: int = 1000                # T
     prediction: str = "eps"              # eps, x0 or v
-    variance: str = "fixed_small"        # fixed_small (β̃_t) or fixed_large (β_t)
+    variance: str = "fixed_small"        # fixed_small (β̃_t), fixed_large (β_t) or learned_range (hybrid loss)
+    vlb_weight: float = 0.001            # λ of L_simple + λ L_vlb with a learned variance (Nichol & Dhariwal)
     loss_type: str = "mse"               # mse or l1
     min_snr_gamma: float | None = None   # min-SNR-γ weighting (Hang et al. 2023 use 5)
     zero_terminal_snr: bool = False      # rescale the schedule to SNR_T = 0 (needs prediction v)
@@ -76,6 +77,7 @@ class TrainConfig:
     fid_num: int = 256                   # samples per FID during training (report N: small N inflates FID)
     fid_ref_num: int = 2000              # reference images (statistics cached once)
     fid_features: str = "inception"      # inception (standard FID) or classifier (MNIST classifier, fast)
+    timestep_sampler: str = "uniform"    # uniform, or loss-second-moment (importance-sampled L_vlb terms)
 
 
 @dataclass

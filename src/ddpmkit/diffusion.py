@@ -9,7 +9,12 @@ Notation (Ho et al. 2020; Nichol & Dhariwal 2021; Salimans & Ho 2022):
     β̃_t   = β_t (1-ᾱ_{t-1}) / (1-ᾱ_t)                      posterior variance
 
 The model predicts one of ε, x_0 or v (``Prediction``); the reverse step p(x_{t-1} | x_t) uses the posterior
-with x̂_0 in place of x_0 and a fixed variance (``Variance``).
+with x̂_0 in place of x_0 and a fixed or learned variance (``Variance``). A learned variance is trained with
+Nichol & Dhariwal's hybrid loss L_simple + λ L_vlb, the variational bound's terms (:meth:`Diffusion.vlb_terms`):
+
+    L_0 = −log p(x_0 | x_1)            (discretized Gaussian decoder, 8-bit data)
+    L_t = KL(q(x_{t-1} | x_t, x_0) ‖ p(x_{t-1} | x_t))     for t ≥ 1
+    L_T = KL(q(x_T | x_0) ‖ N(0, I))   (the prior term; no parameters)
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import DdpmkitError
+from .likelihood import discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl
 from .schedule import NoiseSchedule
 
 
@@ -36,10 +42,12 @@ class Prediction(str, enum.Enum):
 
 
 class Variance(str, enum.Enum):
-    """The variance of p(x_{t-1} | x_t): β̃_t (fixed_small) or β_t (fixed_large), as in DDPM."""
+    """The variance of p(x_{t-1} | x_t): β̃_t (fixed_small) or β_t (fixed_large), as in DDPM, or learned between
+    them (learned_range, Nichol & Dhariwal 2021 eq. 15; the model outputs C more channels)."""
 
     FIXED_SMALL = "fixed_small"
     FIXED_LARGE = "fixed_large"
+    LEARNED_RANGE = "learned_range"
 
 
 class LossType(str, enum.Enum):
@@ -73,12 +81,15 @@ class LossTerms:
     per_sample: weighted loss of each sample (B,), for logging by timestep.
     weights: the min-SNR weight of each sample (ones when unweighted).
     t: the timesteps drawn (B,).
+    vlb: with a learned variance, each sample's L_t in bits/dim (detached), which an importance sampler of t
+        learns from; else None.
     """
 
     loss: Tensor
     per_sample: Tensor
     weights: Tensor
     t: Tensor
+    vlb: Tensor | None = None
 
 
 @dataclass
@@ -101,6 +112,7 @@ class Diffusion:
         variance: "fixed_small" (β̃_t, default) or "fixed_large" (β_t) for the reverse step.
         loss_type: "mse" (default) or "l1" on the prediction target.
         min_snr_gamma: γ for min-SNR-γ loss weighting (Hang et al. 2023; 5 is their default), or None.
+        vlb_weight: λ of the hybrid loss L_simple + λ L_vlb when the variance is learned (Nichol & Dhariwal: 0.001).
     """
 
     def __init__(
@@ -110,6 +122,7 @@ class Diffusion:
         variance: str = "fixed_small",
         loss_type: str = "mse",
         min_snr_gamma: float | None = None,
+        vlb_weight: float = 0.001,
     ):
         self.schedule = schedule
         self.prediction = _enum(Prediction, prediction, "prediction target")
@@ -118,10 +131,13 @@ class Diffusion:
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise DdpmkitError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
         self.min_snr_gamma = min_snr_gamma
+        if not vlb_weight >= 0:
+            raise DdpmkitError(f"vlb_weight must be non-negative, got {vlb_weight}")
+        self.vlb_weight = float(vlb_weight)
         if schedule.zero_terminal_snr and self.prediction is Prediction.EPS:
             raise DdpmkitError("a zero-terminal-SNR schedule cannot be used with eps-prediction; use prediction='v'")
         s = schedule
-        if self.variance is Variance.FIXED_SMALL:
+        if self.variance is not Variance.FIXED_LARGE:  # fixed_small; learned_range's lower end
             self._var, self._log_var = s.posterior_variance, s.posterior_log_variance_clipped
         else:
             # improved-diffusion: fixed_large uses β_t, with β̃_1 in place of β_0 for a better x_0 likelihood.
@@ -135,6 +151,10 @@ class Diffusion:
     @property
     def num_steps(self) -> int:
         return self.schedule.num_steps
+
+    @property
+    def learns_variance(self) -> bool:
+        return self.variance is Variance.LEARNED_RANGE
 
     def __repr__(self) -> str:
         spaced = f", respaced from {int(self.timesteps[-1]) + 1}" if self.is_respaced else ""
@@ -166,7 +186,7 @@ class Diffusion:
         schedule = NoiseSchedule.from_alphas_cumprod(self.schedule.alphas_cumprod[kept], "respaced",
                                                      {"of": self.schedule.kind, "steps": int(kept.numel())})
         spaced = Diffusion(schedule, self.prediction.value, self.variance.value, self.loss_type.value,
-                           self.min_snr_gamma)
+                           self.min_snr_gamma, self.vlb_weight)
         spaced.timesteps = self.timesteps[kept]
         return spaced
 
@@ -255,17 +275,76 @@ class Diffusion:
     ) -> ReverseStep:
         """p(x_{t-1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²) for the model's output at x_t (t indexes this process).
 
-        The prediction is the output's first C channels (a learned variance's channels are not used yet).
-        x̂_0 is optionally clipped to [-1, 1] or dynamically thresholded (Imagen); ε̂ is then recomputed from the
-        clipped x̂_0 so that every sampler sees a consistent pair.
+        The prediction is the output's first C channels. With a learned variance the other C channels v give,
+        per pixel (improved-diffusion's LEARNED_RANGE: v ∈ [−1, 1] maps to f = (v + 1)/2),
+
+            log σ_t² = f log β_t + (1 − f) log β̃_t,
+
+        with β and β̃ of this (possibly respaced) process. x̂_0 is optionally clipped to [-1, 1] or dynamically
+        thresholded (Imagen); ε̂ is then recomputed from the clipped x̂_0 so that every sampler sees a consistent
+        pair.
         """
-        prediction = self.split_output(model_output, x_t.shape[1]).to(x_t.dtype)
+        channels = x_t.shape[1]
+        if self.learns_variance and model_output.shape[1] != 2 * channels:
+            raise DdpmkitError(f"a learned variance needs {2 * channels} output channels (prediction and variance), "
+                               f"the model gave {model_output.shape[1]}; build the UNet with learn_sigma=True")
+        prediction = self.split_output(model_output, channels).to(x_t.dtype)
         x0, eps = self.predict_x0_eps(prediction, x_t, t)
         if dynamic_threshold is not None or clip_denoised:
             x0 = dynamic_thresholding(x0, dynamic_threshold) if dynamic_threshold is not None else x0.clamp(-1, 1)
             eps = self.eps_from_x0(x_t, t, x0)
         mean, _, _ = self.q_posterior(x0, x_t, t)
+        if self.learns_variance:
+            frac = (model_output[:, channels:].to(x_t.dtype) + 1) / 2
+            min_log = extract(self.schedule.posterior_log_variance_clipped, t, x_t)
+            max_log = extract(torch.log(self.schedule.betas), t, x_t)
+            log_variance = frac * max_log + (1 - frac) * min_log
+            return ReverseStep(mean, torch.exp(log_variance), log_variance, x0, eps)
         return ReverseStep(mean, extract(self._var, t, x_t), extract(self._log_var, t, x_t), x0, eps)
+
+    # ----- the variational bound ----------------------------------------------------------------------------
+
+    def vlb_terms(self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """L_t per sample in bits per dimension: the decoder NLL where t = 0, else KL(q(x_{t-1}|x_t,x_0) ‖ p).
+
+        p is :meth:`p_mean_variance` without clipping x̂_0 (the bound of the model as it is). x_0 must lie on the
+        8-bit grid in [−1, 1] for L_0 to be a likelihood.
+        """
+        true_mean, _, true_log_var = self.q_posterior(x0, x_t, t)
+        out = self.p_mean_variance(model_output, x_t, t, clip_denoised=False)
+        kl = normal_kl(true_mean, true_log_var, out.mean, out.log_variance).flatten(1).mean(dim=1)
+        decoder_nll = -discretized_gaussian_log_likelihood(x0, out.mean, 0.5 * out.log_variance).flatten(1).mean(1)
+        return nats_to_bits_per_dim(torch.where(t == 0, decoder_nll, kl))
+
+    def prior_bpd(self, x0: Tensor) -> Tensor:
+        """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per sample in bits per dimension (no parameters; small for a good T)."""
+        t = torch.full((x0.shape[0],), self.num_steps - 1, dtype=torch.long, device=x0.device)
+        mean, variance = self.q_mean_variance(x0, t)
+        kl = normal_kl(mean, torch.log(variance), torch.zeros_like(mean), torch.zeros_like(mean))
+        return nats_to_bits_per_dim(kl.flatten(1).mean(dim=1))
+
+    @torch.no_grad()
+    def bits_per_dim(self, model_fn: Callable[[Tensor, Tensor], Tensor], x0: Tensor,
+                     generator: torch.Generator | None = None, callback: Callable[[int], None] | None = None,
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """The variational bound −log p(x_0) ≤ L_T + Σ_t L_t per sample, in bits per dimension.
+
+        Every term of this process (all T, or the K of a respaced one: a shorter diffusion's bound, looser) is
+        evaluated on its own draw of x_t ∼ q(x_t | x_0); ``model_fn(x, t)`` gets the training timestep. Returns
+        (total (B,), terms (B, K) with column i the L_i of index i, prior (B,)). ``callback(i)`` after each term.
+        """
+        terms = torch.zeros(x0.shape[0], self.num_steps, dtype=torch.float64, device=x0.device)
+        for i in range(self.num_steps - 1, -1, -1):
+            index = torch.full((x0.shape[0],), i, dtype=torch.long, device=x0.device)
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                                device=generator.device if generator is not None else x0.device).to(x0.device)
+            x_t = self.q_sample(x0, index, noise)
+            output = model_fn(x_t, self.timesteps.to(x0.device)[index])
+            terms[:, i] = self.vlb_terms(output.to(x0.dtype), x0, x_t, index).double()
+            if callback is not None:
+                callback(i)
+        prior = self.prior_bpd(x0).double()
+        return terms.sum(dim=1) + prior, terms, prior
 
     # ----- training -----------------------------------------------------------------------------------------
 
@@ -303,11 +382,17 @@ class Diffusion:
         t: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        t_weights: Tensor | None = None,
     ) -> LossTerms:
         """Draw t and ε, noise x_0 to x_t, and score the model's prediction of the target.
 
         per_sample_i = w(t_i) · mean over pixels of ℓ(model(x_t, t, **model_kwargs)_i - target_i), ℓ = squared or
         absolute error. ``model_kwargs`` carries the conditioning (e.g. ``{"labels": y}``), one row per sample.
+
+        With a learned variance the hybrid loss adds λ·T·L_t (bits/dim), whose mean over uniform t is λ·L_vlb
+        (the sum over t); inside L_t the prediction is detached, so L_vlb trains only the variance and L_simple
+        only the mean (Nichol & Dhariwal 2021, section 3.1). ``t_weights`` (e.g. 1/(T p_t) from an importance
+        sampler of t) multiply each sample's loss.
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
@@ -324,7 +409,17 @@ class Diffusion:
             error = F.l1_loss(prediction, target, reduction="none")
         weights = self.loss_weights(t)
         per_sample = error.flatten(1).mean(dim=1) * weights
-        return LossTerms(per_sample.mean(), per_sample.detach(), weights, t)
+        vlb = None
+        if self.learns_variance:
+            c = x0.shape[1]
+            frozen = torch.cat([output[:, :c].detach(), output[:, c:]], dim=1)
+            dtype = torch.promote_types(frozen.dtype, torch.float32)  # bf16/fp16 outputs: the bound in float32
+            vlb_t = self.vlb_terms(frozen.to(dtype), x0.to(dtype), x_t.to(dtype), t)
+            per_sample = per_sample + self.vlb_weight * self.num_steps * vlb_t
+            vlb = vlb_t.detach()
+        if t_weights is not None:
+            per_sample = per_sample * t_weights
+        return LossTerms(per_sample.mean(), per_sample.detach(), weights, t, vlb)
 
     def loss(self, model: Callable[..., Tensor], x0: Tensor, model_kwargs: dict[str, Any] | None = None,
              **kwargs: Any) -> Tensor:
@@ -334,9 +429,12 @@ class Diffusion:
     # ----- config ---------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {"schedule": self.schedule.to_dict(), "prediction": self.prediction.value,
+        spec = {"schedule": self.schedule.to_dict(), "prediction": self.prediction.value,
                 "variance": self.variance.value, "loss_type": self.loss_type.value,
                 "min_snr_gamma": self.min_snr_gamma}
+        if self.learns_variance:
+            spec["vlb_weight"] = self.vlb_weight
+        return spec
 
     @classmethod
     def from_dict(cls, spec: dict) -> Diffusion:

@@ -31,6 +31,12 @@ def _parser():
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="precision of the diffusion model while sampling")
+    p.add_argument("--nll", action="store_true",
+                   help="instead of sampling: the variational bound in bits/dim on the first --num held-out images "
+                        "(one model evaluation per image and term: T x N, slow on a CPU)")
+    p.add_argument("--nll-steps", type=int,
+                   help="with --nll: the bound of the process respaced to this many terms (cheaper, looser)")
+    p.add_argument("--split", default="test", help="with --nll: the images to score (train if there is no test)")
     return p
 
 
@@ -62,6 +68,17 @@ def eval_main(argv: list[str]) -> int:
     if argv[:1] == ["fetch"]:
         return fetch_weights()
     args = _parser().parse_args(argv)
+    if args.nll_steps is not None and not args.nll:
+        raise DdpmkitError("--nll-steps applies to --nll only; add --nll")
+    if args.nll:
+        from .nll import evaluate_nll
+
+        nll, paths = evaluate_nll(args.run, num=args.num, steps=args.nll_steps, split=args.split,
+                                  batch_size=min(args.batch_size, 100), seed=args.seed, device=args.device,
+                                  out=args.out)
+        print(nll.markdown)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     from .evaluate import evaluate_run
 
     result = evaluate_run(

@@ -16,26 +16,28 @@ from ..models import UNetConfig
 from ..run import STEP_PATTERN, RunFolder, checkpoint_step
 from ..sampling import check_sampler_args
 from ..schedule import NoiseSchedule
+from ..timestep_sampler import TIMESTEP_SAMPLERS
 
 
 def build_diffusion(config: RunConfig) -> Diffusion:
     d = config.diffusion
     schedule = NoiseSchedule.from_name(d.schedule, d.num_steps, zero_terminal_snr=d.zero_terminal_snr)
     return Diffusion(schedule, prediction=d.prediction, variance=d.variance, loss_type=d.loss_type,
-                     min_snr_gamma=d.min_snr_gamma)
+                     min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
 
 
 def build_unet_config(config: RunConfig, data: ImageArray) -> UNetConfig:
     """The named UNet size, fitted to the data (size, channels, classes), with the config's overrides."""
-    fitted: dict[str, Any] = {"image_size": data.image_size, "in_channels": data.channels}
+    learned = config.diffusion.variance == "learned_range"  # the UNet outputs the variance channels too
+    fitted: dict[str, Any] = {"image_size": data.image_size, "in_channels": data.channels, "learn_sigma": learned}
     if config.model.class_conditional:
         if data.num_classes < 2:
             raise DdpmkitError(f"{data.name} has no class labels; set model.class_conditional=false")
         fitted["num_classes"] = data.num_classes
     unet = UNetConfig.named(config.model.size, **{**fitted, **config.model.overrides})
-    if unet.learn_sigma:
-        raise DdpmkitError("model.learn_sigma needs the hybrid variational loss, which this release does not train; "
-                           "remove model.learn_sigma")
+    if unet.learn_sigma != learned:
+        raise DdpmkitError("model.learn_sigma is set by diffusion.variance: a learned variance is "
+                           "diffusion.variance=learned_range (trained with the hybrid loss); remove model.learn_sigma")
     return unet
 
 
@@ -69,13 +71,19 @@ def validate_train_config(config: RunConfig) -> None:
         check_sampler_args(tc.sample_sampler, tc.sample_steps, 0.0, config.diffusion.num_steps)
     except DdpmkitError as exc:
         raise DdpmkitError(f"train.sample_sampler/sample_steps: {exc}") from None
+    if tc.timestep_sampler not in TIMESTEP_SAMPLERS:
+        raise DdpmkitError(f"unknown train.timestep_sampler '{tc.timestep_sampler}'; "
+                           f"choose one of {', '.join(TIMESTEP_SAMPLERS)}")
+    if tc.timestep_sampler != "uniform" and config.diffusion.variance != "learned_range":
+        raise DdpmkitError(f"train.timestep_sampler={tc.timestep_sampler} samples t by the size of the L_vlb terms, "
+                           "which only a learned variance trains; set diffusion.variance=learned_range or use uniform")
     if tc.fid_features not in ("inception", "classifier"):
         raise DdpmkitError(f"train.fid_features must be inception or classifier, not '{tc.fid_features}'")
 
 
 # What a resumed run must share with its checkpoint for the continuation to be the same training run.
 RESUME_KEYS = [("data", "name"), ("data", "image_size"), ("data", "hflip"), ("train", "batch_size"),
-               ("train", "grad_accum"), ("train", "seed")]
+               ("train", "grad_accum"), ("train", "seed"), ("train", "timestep_sampler")]
 
 
 def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, diffusion: Diffusion,
@@ -87,8 +95,10 @@ def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, 
     if state.get("diffusion") != diffusion.to_dict():
         raise DdpmkitError(f"checkpoint {checkpoint} was trained with other diffusion settings; {fix}")
     saved = state.get("config", {})
+    defaults = RunConfig()  # a key added after the checkpoint was written had its default then
     for section, key in RESUME_KEYS:
-        was, now = saved.get(section, {}).get(key), getattr(getattr(config, section), key)
+        was = saved.get(section, {}).get(key, getattr(getattr(defaults, section), key))
+        now = getattr(getattr(config, section), key)
         if was != now:
             raise DdpmkitError(f"{section}.{key} was {was!r} in checkpoint {checkpoint} but is {now!r} now; {fix}")
     newer = [p for p in run.checkpoints() if STEP_PATTERN.match(p.name) and checkpoint_step(p) > int(state["step"])]

@@ -26,6 +26,7 @@ from ..errors import DdpmkitError
 from ..models import UNet
 from ..run import RunFolder
 from ..sampling import sample
+from ..timestep_sampler import make_timestep_sampler
 from ..viz import to_uint8
 from .builders import build_diffusion, build_optimizer, build_unet_config, check_resumable, validate_train_config
 from .ema import EMA
@@ -87,6 +88,10 @@ class Trainer:
         )
         self.steps_per_epoch = math.ceil(len(self.loader) / tc.grad_accum)
         self.total_steps = tc.steps if tc.steps is not None else max(1, round(tc.epochs * self.steps_per_epoch))
+        self.timestep_sampler = (None if tc.timestep_sampler == "uniform" else
+                                 make_timestep_sampler(tc.timestep_sampler, self.diffusion.num_steps))
+        if self.timestep_sampler is not None:  # its loss history is part of the checkpoint: resume stays exact
+            self.state.register("timestep_sampler", self.timestep_sampler)
         for name, obj in (extras or {}).items():
             self.state.register(name, obj)
         if resume_state is not None:
@@ -128,8 +133,14 @@ class Trainer:
             x0, labels = next(batches)
             x0 = x0.to(self.device, non_blocking=True)
             model_kwargs = {"labels": labels.to(self.device)} if self.unet_config.num_classes else {}
+            t = t_weights = None
+            if self.timestep_sampler is not None:
+                t, t_weights = self.timestep_sampler.sample(x0.shape[0], self.device, state.generator)
             with autocast(self.device, self.amp_dtype):
-                terms = self.diffusion.training_losses(state.model, x0, model_kwargs, generator=state.generator)
+                terms = self.diffusion.training_losses(state.model, x0, model_kwargs, t=t, generator=state.generator,
+                                                       t_weights=t_weights)
+            if self.timestep_sampler is not None:
+                self.timestep_sampler.update(terms.t, terms.vlb)
             state.scaler.scale(terms.loss / tc.grad_accum).backward()
             total += terms.loss.detach() / tc.grad_accum
             self.timestep_losses.add(terms.t, terms.per_sample)
