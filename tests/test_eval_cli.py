@@ -167,9 +167,16 @@ def test_eval_nll_is_the_bound_of_the_runs_model_on_held_out_images(tiny_run, ca
     assert 0 < result.bits_per_dim < float("inf")
     saved = json.loads(paths["json"].read_text())
     assert saved["bits_per_dim"] == result.bits_per_dim and paths["plot"].stat().st_size > 0
-    assert main(["eval", str(tiny_run), "--nll", "--num", "3", "--nll-steps", "3", "--device", "cpu"]) == 0
+    assert main(["eval", str(tiny_run), "--nll", "--num", "3", "--nll-steps", "3", "--batch-size", "2",
+                 "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| digits:train | 3 | 4 |" in out and "bits/dim" in out
+    saved = json.loads(paths["json"].read_text())
+    process3 = pipe.diffusion.respace(timestep_spacing(pipe.diffusion.num_steps, 3, "linspace"))
+    generator = torch.Generator().manual_seed(0)  # batches of 2 then 1, one generator in that order
+    batches = [process3.bits_per_dim(lambda x, t: pipe.model(x, t), x0[a:b].float(), generator)[0]
+               for a, b in ((0, 2), (2, 3))]
+    assert saved["num"] == 3 and saved["bits_per_dim"] == pytest.approx(torch.cat(batches).mean().item(), rel=1e-6)
 
 
 def test_eval_nll_arguments_are_checked(tiny_run):
@@ -181,3 +188,21 @@ def test_eval_nll_arguments_are_checked(tiny_run):
         evaluate_nll(tiny_run, num=2, steps=1000, progress=False)
     with pytest.raises(DdpmkitError, match="fewer than --num"):
         evaluate_nll(tiny_run, num=10**6, steps=2, progress=False)
+
+
+def test_sweep_samplers_can_name_their_timestep_spacing(tiny_run):
+    from ddpmkit.eval import evaluate_run
+    from ddpmkit.eval.classifier import classifier_is_cached
+    from ddpmkit.pipeline import Pipeline
+
+    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    result = evaluate_run(tiny_run, samplers=("dpm++2m:karras", "dpm++3m"), steps=(4,), num=4, ref_num=8,
+                          metrics=("classes",), device="cpu", precision="fp32", progress=False,
+                          out=tiny_run.parent / "spacing")
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in result.rows] == [("dpm++2m:karras", 4, 4), ("dpm++3m", 4, 4)]
+    pipe = Pipeline.from_run(tiny_run, device="cpu", precision="fp32")
+    karras = pipe.generate(4, sampler="dpm++2m", steps=4, spacing="karras", seed=0)
+    trailing = pipe.generate(4, sampler="dpm++2m", steps=4, seed=0)
+    assert not np.array_equal(karras, trailing)  # the spacing reaches the sampler
+    with pytest.raises(DdpmkitError, match="unknown timestep spacing 'bogus'"):
+        evaluate_run(tiny_run, samplers=("ddim:bogus",), steps=(4,), num=4, ref_num=8, metrics=("classes",))

@@ -15,7 +15,9 @@ from ddpmkit.sampling import (
     ddpm,
     dpmpp_2m,
     guided_model_fn,
+    make_step,
     sample,
+    sample_loop,
     timestep_spacing,
 )
 from ddpmkit.schedule import NoiseSchedule
@@ -235,7 +237,7 @@ def test_any_callable_model_samples_without_parameters_and_the_device_comes_from
 
 
 def test_one_default_step_count_per_sampler_and_one_validation():
-    assert {k: v.steps for k, v in SAMPLER_DEFAULTS.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20}
+    assert {k: v.steps for k, v in SAMPLER_DEFAULTS.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20, "dpm++3m": 20}
     assert check_sampler_args("ddpm", None, 0.0, 1000).steps == 1000
     assert check_sampler_args("ddim", None, 0.0, 1000).steps == 50
     assert check_sampler_args("ddim", None, 0.0, 30).steps == 30  # a default beyond T is cut to T
@@ -347,3 +349,76 @@ def test_respace_builds_the_shorter_process():
     # zero terminal SNR survives respacing exactly
     z = Diffusion(NoiseSchedule.cosine(1000).rescale_zero_terminal_snr(), prediction="v").respace([999, 500, 0])
     assert z.schedule.alphas_cumprod[-1].item() == 0.0 and z.schedule.betas[-1].item() == 1.0
+
+
+# ----- few-step samplers: λ-uniform and Karras timesteps, DPM-Solver++(3M) ------------------------------------
+
+ORDER_STEPS = [20, 40, 80, 160]
+# RMS error against 1000-step DPM-Solver++(3M) on the oracle (linear T = 1000, 2,000 samples), pinned
+PINNED_RMS = {("ddim", "logsnr"): [5.926560e-02, 2.984726e-02, 1.495099e-02, 7.274442e-03],
+              ("dpm++2m", "logsnr"): [7.333827e-03, 1.882246e-03, 4.569507e-04, 1.060915e-04],
+              ("dpm++3m", "logsnr"): [4.081663e-03, 7.438003e-04, 1.607961e-04, 2.929358e-05],
+              ("dpm++2m", "karras"): [2.608891e-02, 5.824919e-03, 1.324646e-03, 3.191485e-04],
+              ("dpm++3m", "karras"): [3.924599e-04, 6.327462e-04, 2.597078e-04, 7.060713e-05]}
+
+
+@pytest.fixture(scope="module")
+def oracle_runs():
+    d = Diffusion(NoiseSchedule.linear(1000))
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reference = sample_loop(oracle_eps(d), d, x_T.clone(), timestep_spacing(1000, 1000, "linspace"),
+                            make_step("dpm++3m"), clip_denoised=False)
+    assert (reference - exact_ode_map(d, x_T)).abs().max() < 1e-3  # the reference is the exact map, nearly
+    errors = {}
+    for sampler, spacing in PINNED_RMS:
+        errors[sampler, spacing] = []
+        for n in ORDER_STEPS:
+            ts = timestep_spacing(1000, n, spacing, d.schedule.alphas_cumprod)
+            out = sample_loop(oracle_eps(d), d, x_T.clone(), ts, make_step(sampler), clip_denoised=False)
+            errors[sampler, spacing].append((out - reference).pow(2).mean().sqrt().item())
+    return errors
+
+
+def _orders(errors):
+    return [math.log2(a / b) for a, b in zip(errors, errors[1:])]  # steps double each time
+
+
+def test_errors_fall_at_each_solvers_order(oracle_runs):
+    assert all(0.9 < p < 1.1 for p in _orders(oracle_runs["ddim", "logsnr"]))  # DDIM: first order
+    assert all(1.8 < p < 2.2 for p in _orders(oracle_runs["dpm++2m", "logsnr"])[1:])  # second order
+    # 3M: third-order updates after a first- and a second-order start, whose local errors bound the global order
+    # to about 2 (measured 2.5, 2.2, 2.5); it is the most accurate at every step count on λ-uniform steps
+    assert all(2.0 < p < 3.2 for p in _orders(oracle_runs["dpm++3m", "logsnr"]))
+    assert all(e3 < e2 / 1.5 for e2, e3 in zip(oracle_runs["dpm++2m", "logsnr"], oracle_runs["dpm++3m", "logsnr"]))
+
+
+def test_few_step_sampler_errors_are_pinned(oracle_runs):
+    for key, pinned in PINNED_RMS.items():
+        assert oracle_runs[key] == pytest.approx(pinned, rel=1e-5), key
+
+
+def test_logsnr_and_karras_spacings():
+    ac = NoiseSchedule.linear(1000).alphas_cumprod
+    assert timestep_spacing(1000, 10, "logsnr", ac).tolist() == [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
+    assert timestep_spacing(1000, 10, "karras", ac).tolist() == [999, 937, 864, 775, 663, 511, 301, 102, 18, 0]
+    lam = 0.5 * torch.log(ac / (1 - ac))
+    steps = lam[timestep_spacing(1000, 50, "logsnr", ac).flip(0)].diff()
+    assert steps.std() / steps.mean() < 0.05  # λ-uniform up to the rounding of t
+    # cosine: λ races near T, so the nearest t would repeat; they are moved apart, strictly decreasing
+    cosine = NoiseSchedule.cosine(1000).alphas_cumprod
+    ts = timestep_spacing(1000, 10, "logsnr", cosine)
+    assert ts.tolist() == [999, 998, 997, 994, 975, 872, 476, 105, 14, 0]
+    assert (ts.diff() < 0).all() and len(timestep_spacing(1000, 1000, "karras", cosine).unique()) == 1000
+    with pytest.raises(DdpmkitError, match="logsnr spacing needs the schedule"):
+        timestep_spacing(1000, 10, "logsnr")
+
+
+def test_dpmpp_3m_runs_through_sample_and_the_pipeline_defaults():
+    d = Diffusion(NoiseSchedule.cosine(100))
+    model = lambda x, t: 0.5 * x
+    out = sample(model, d, (2, 1, 4, 4), sampler="dpm++3m", generator=torch.Generator().manual_seed(0))
+    steps = []
+    sample(model, d, (2, 1, 4, 4), sampler="dpm++3m", steps=7, spacing="karras",
+           generator=torch.Generator().manual_seed(0), callback=lambda s: steps.append(s.t))
+    assert out.shape == (2, 1, 4, 4) and torch.isfinite(out).all()
+    assert steps[0] == 99 and steps[-1] == 0 and len(steps) == 7

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from .errors import DdpmkitError
 from .malloc import keep_freed_memory
-from .sampling import SAMPLER_DEFAULTS, SAMPLERS
+from .sampling import SAMPLER_DEFAULTS, SAMPLERS, SPACINGS
 
 DEFAULT_STEPS_HELP = ", ".join(f"{name} {d.steps or 'all T'}" for name, d in SAMPLER_DEFAULTS.items())
 
@@ -44,6 +44,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=64)
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {DEFAULT_STEPS_HELP})")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help="timesteps: trailing (default), logsnr (dpm++3m's default), karras, linspace, leading")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
@@ -171,7 +173,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.individual:
         check_writable(args.individual, "dir", "--individual")
     pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights)
-    check_sampler_args(args.sampler, args.steps, args.eta, pipe.diffusion.num_steps)
+    check_sampler_args(args.sampler, args.steps, args.eta, pipe.diffusion.num_steps, args.spacing)
     if args.guidance is not None and args.guidance != 1.0 and pipe.num_classes is None:
         raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: guidance needs a class-conditional model; "
                            "drop --guidance")
@@ -183,8 +185,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         callback = lambda step: frames.append(make_grid(to_uint8(step.x.clamp(-1, 1).cpu())))
     start = time.perf_counter()
     images = pipe.generate(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                           labels=labels, guidance=args.guidance, batch_size=args.batch_size, progress=True,
-                           callback=callback)
+                           spacing=args.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
+                           progress=True, callback=callback)
     seconds = time.perf_counter() - start
     save_grid(images, args.out)
     written = [str(args.out)]

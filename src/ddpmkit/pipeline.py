@@ -86,6 +86,7 @@ class Pipeline:
         steps: int | None = None,
         eta: float = 0.0,
         seed: int = 0,
+        spacing: str | None = None,
         labels: list[int] | torch.Tensor | np.ndarray | None = None,
         guidance: float | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -97,13 +98,14 @@ class Pipeline:
         """``num`` images as uint8 (N, H, W, C) (or float (N, C, H, W) in [-1, 1] with ``return_tensor``).
 
         ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
-        with one row per image. Steps default per sampler (ddim 50, dpm++2m 20, ddpm all T). The initial noise
+        with one row per image. Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, ddpm all T), and so
+        does the timestep ``spacing`` (trailing; logsnr for dpm++3m; also linspace, leading, karras). The initial noise
         comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
         samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """
         if num < 1 or batch_size < 1:
             raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")
-        settings = check_sampler_args(sampler, steps, eta, self.diffusion.num_steps)
+        settings = check_sampler_args(sampler, steps, eta, self.diffusion.num_steps, spacing)
         kwargs = dict(model_kwargs or {})
         if labels is not None:
             kwargs.update(self.label_kwargs(labels, num))
@@ -118,8 +120,9 @@ class Pipeline:
             chunk = noise[start:start + batch_size]
             chunk_kwargs = {k: v[start:start + batch_size] for k, v in kwargs.items()}
             images = sample(self.model, self.diffusion, chunk.shape, sampler=settings.sampler, steps=settings.steps,
-                            eta=settings.eta, model_kwargs=chunk_kwargs, guidance=guidance, generator=generator,
-                            x_T=chunk, device=self.device, autocast_dtype=self.amp_dtype, callback=callback)
+                            eta=settings.eta, spacing=settings.spacing, model_kwargs=chunk_kwargs, guidance=guidance,
+                            generator=generator, x_T=chunk, device=self.device, autocast_dtype=self.amp_dtype,
+                            callback=callback)
             outputs.append(images.cpu())
             bar.update(len(chunk))
         bar.close()

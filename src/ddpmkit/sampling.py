@@ -35,7 +35,8 @@ from .errors import DdpmkitError
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[], Tensor]
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr", "karras")
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: ρ = 7
 NULL_LABEL = -1  # the "no class" label of classifier-free guidance; a class-conditional UNet maps it to its null class
 
 
@@ -54,6 +55,7 @@ SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
     "ddpm": SamplerDefaults(steps=None, spacing="linspace"),  # the full chain; respaced as improved-diffusion does
     "ddim": SamplerDefaults(steps=50, spacing="trailing", uses_eta=True),  # Lin et al. 2024: trailing starts at T-1
     "dpm++2m": SamplerDefaults(steps=20, spacing="trailing"),  # Lu et al. 2022: 15-20 steps for good samples
+    "dpm++3m": SamplerDefaults(steps=20, spacing="logsnr"),  # third order: λ-uniform steps, as the solver's h
 }
 SAMPLERS = tuple(SAMPLER_DEFAULTS)
 
@@ -67,8 +69,8 @@ class SamplerSettings:
     spacing: str
     eta: float
 
-    def timesteps(self, num_train_steps: int) -> Tensor:
-        return timestep_spacing(num_train_steps, self.steps, self.spacing)
+    def timesteps(self, num_train_steps: int, alphas_cumprod: Tensor | None = None) -> Tensor:
+        return timestep_spacing(num_train_steps, self.steps, self.spacing, alphas_cumprod)
 
 
 def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_steps: int,
@@ -92,16 +94,26 @@ def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_st
     return SamplerSettings(sampler, steps, spacing, float(eta) if defaults.uses_eta else 0.0)
 
 
-def timestep_spacing(num_train_steps: int, steps: int, spacing: str = "trailing") -> Tensor:
+def timestep_spacing(num_train_steps: int, steps: int, spacing: str = "trailing",
+                     alphas_cumprod: Tensor | None = None) -> Tensor:
     """A descending subsequence of ``steps`` training timesteps in [0, T-1].
 
     leading (DDIM paper, diffusers' default): t_i = i · ⌊T/steps⌋, so the largest is T - ⌊T/steps⌋.
     trailing (Lin et al. 2024, table 2): t_i = round(T - i · T/steps) - 1, so sampling starts at T-1.
     linspace: round(linspace(0, T-1, steps)).
+    logsnr (DPM-Solver's time-uniform-in-λ steps): the t nearest to λ evenly spaced from λ_{T-1} to λ_0,
+        λ_t = ½ log(ᾱ_t / (1 - ᾱ_t)).
+    karras (Karras et al. 2022, eq. 5): the t nearest in log σ to σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} -
+        σ_max^{1/ρ}))^ρ, σ_t = √((1 - ᾱ_t)/ᾱ_t), ρ = 7: small steps near the data.
+    The last two need the schedule's ``alphas_cumprod``; both start at T-1 and end at 0.
     """
     if not 1 <= steps <= num_train_steps:
         raise DdpmkitError(f"steps must be between 1 and {num_train_steps}, got {steps}")
-    if spacing == "leading":
+    if spacing in ("logsnr", "karras"):
+        if alphas_cumprod is None or len(alphas_cumprod) != num_train_steps:
+            raise DdpmkitError(f"{spacing} spacing needs the schedule's alphas_cumprod (T = {num_train_steps})")
+        ts = _snr_spacing(alphas_cumprod.double(), steps, spacing)
+    elif spacing == "leading":
         ts = torch.arange(steps) * (num_train_steps // steps)
     elif spacing == "trailing":
         ts = torch.round(torch.arange(num_train_steps, 0, -num_train_steps / steps, dtype=torch.float64))[:steps] - 1
@@ -113,6 +125,31 @@ def timestep_spacing(num_train_steps: int, steps: int, spacing: str = "trailing"
     if len(ts) != steps:
         raise DdpmkitError(f"{spacing} spacing gives repeated timesteps for {steps} of {num_train_steps} steps")
     return ts.flip(0)
+
+
+def _snr_spacing(alphas_cumprod: Tensor, steps: int, spacing: str) -> Tensor:
+    """Nearest timesteps to targets evenly spaced in λ (logsnr) or in σ^{1/ρ} (karras), in log σ = -λ."""
+    ac = alphas_cumprod.clamp(min=1e-300)  # ᾱ_T = 0 (zero terminal SNR): the largest finite λ stands in
+    log_sigma = 0.5 * (torch.log1p(-ac) - torch.log(ac))  # = -λ_t, increasing in t
+    if steps == 1:
+        return torch.tensor([len(ac) - 1], dtype=torch.float64)
+    lo, hi = log_sigma[0], log_sigma[-1]
+    if spacing == "logsnr":
+        targets = torch.linspace(float(hi), float(lo), steps, dtype=torch.float64)
+    else:
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        s_max, s_min = hi.exp() ** (1 / KARRAS_RHO), lo.exp() ** (1 / KARRAS_RHO)
+        targets = torch.log((s_max + ramp * (s_min - s_max)) ** KARRAS_RHO)
+    ts = (log_sigma[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    # Where λ changes fast between neighbouring t (cosine near T) targets share a nearest t: make the sequence
+    # strictly decreasing from T-1 to 0 by moving each as little as that needs.
+    ts[0] = len(ac) - 1
+    for k in range(1, steps):
+        ts[k] = min(ts[k], ts[k - 1] - 1)
+    ts[-1] = 0
+    for k in range(steps - 2, -1, -1):
+        ts[k] = max(ts[k], ts[k + 1] + 1)
+    return torch.tensor(ts, dtype=torch.float64)
 
 
 # ----- the step rules ---------------------------------------------------------------------------------------
@@ -179,6 +216,45 @@ class DPMSolver2MStep:
         return (math.sqrt(1 - a_s) / math.sqrt(1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d  # h=∞: σ_s x+α_s D
 
 
+class DPMSolver3MStep(DPMSolver2MStep):
+    """DPM-Solver++(3M) (Lu et al. 2022, the multistep third-order solver; k-diffusion's ``dpmpp_3m_sde`` with
+    η = 0), in VP form: with D_j the x̂_0 of the last three steps and h_j their λ-steps (h the current one),
+
+        x_{i-1} = (σ_{i-1}/σ_i) x_i + α_{i-1} [ (1 - e^{-h}) D_i + φ₂ d₁ - φ₃ d₂ ],
+        r₀ = h_1/h, r₁ = h_2/h,  d₁,₀ = (D_i - D_{i+1})/r₀,  d₁,₁ = (D_{i+1} - D_{i+2})/r₁,
+        d₁ = d₁,₀ + (d₁,₀ - d₁,₁) r₀/(r₀ + r₁),  d₂ = (d₁,₀ - d₁,₁)/(r₀ + r₁),
+        φ₂ = (e^{-h} - 1)/h + 1,  φ₃ = φ₂/h - ½;
+
+    the first step is first order, the second second order (d₂ = 0, d₁ = d₁,₀), the last jumps to x̂_0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[tuple[Tensor, float]] = []  # (x̂_0, h) of earlier steps, newest first
+
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+        if i == 0:
+            return out.x0
+        a_t, a_s = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
+        h = self._lambda(a_s) - self._lambda(a_t)
+        x_next = (math.sqrt(1 - a_s) / math.sqrt(1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * out.x0
+        if self.history and math.isfinite(h):
+            phi_2 = math.expm1(-h) / h + 1
+            (d_1, h_1), *older = self.history
+            r0 = h_1 / h
+            d1_0 = (out.x0 - d_1) / r0
+            if older:
+                d_2, r1 = older[0][0], older[0][1] / h
+                d1_1 = (d_1 - d_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                x_next = x_next + math.sqrt(a_s) * (phi_2 * d1 - (phi_2 / h - 0.5) * d2)
+            else:
+                x_next = x_next + math.sqrt(a_s) * phi_2 * d1_0
+        self.history = [(out.x0, h), *self.history[:1]]
+        return x_next
+
+
 def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
     """A fresh step rule for one sampling run."""
     if sampler == "ddpm":
@@ -187,6 +263,8 @@ def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
         return DDIMStep(eta)
     if sampler == "dpm++2m":
         return DPMSolver2MStep()
+    if sampler == "dpm++3m":
+        return DPMSolver3MStep()
     raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -247,8 +325,8 @@ def sample_loop(
 def _run(sampler: str, model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None, eta: float,
          spacing: str | None, **loop_args: Any) -> Tensor:
     settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
-    return sample_loop(model_fn, diffusion, x, settings.timesteps(diffusion.num_steps),
-                       make_step(sampler, settings.eta), **loop_args)
+    timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
+    return sample_loop(model_fn, diffusion, x, timesteps, make_step(sampler, settings.eta), **loop_args)
 
 
 def ddpm(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
@@ -272,6 +350,14 @@ def dpmpp_2m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | No
              dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """DPM-Solver++(2M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver2MStep`); deterministic."""
     return _run("dpm++2m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
+                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+
+
+def dpmpp_3m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
+             spacing: str = "logsnr", callback: Callback | None = None, clip_denoised: bool = True,
+             dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """DPM-Solver++(3M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver3MStep`); deterministic."""
+    return _run("dpm++3m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
                 clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
@@ -393,7 +479,8 @@ def sample(
         x_T = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
     x = x_T.to(device, torch.float32)
     model_fn = conditioned_model_fn(model, model_kwargs, guidance, uncond_kwargs, device, autocast_dtype)
+    timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
     with eval_mode(model):
-        return sample_loop(model_fn, diffusion, x, settings.timesteps(diffusion.num_steps),
+        return sample_loop(model_fn, diffusion, x, timesteps,
                            make_step(settings.sampler, settings.eta), generator=generator, callback=callback,
                            clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)

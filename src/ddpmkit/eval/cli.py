@@ -18,7 +18,9 @@ def _parser():
                     "`ddpmkit eval fetch` downloads the pinned Inception and MNIST-classifier weights.")
     p.add_argument("run", help="run folder or checkpoint folder (or 'fetch')")
     p.add_argument("--num", type=int, default=500, help="images generated per setting (N beside every score)")
-    p.add_argument("--sampler", default="ddim,dpm++2m", help=f"comma-separated: {', '.join(SAMPLERS)}")
+    p.add_argument("--sampler", default="ddim,dpm++2m",
+                   help=f"comma-separated: {', '.join(SAMPLERS)}; NAME:SPACING picks the timesteps, e.g. "
+                        "dpm++2m:karras (logsnr, karras, trailing, linspace, leading)")
     p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--metrics", help="comma-separated from fid, kid, cfid, classes (default: by data set)")

@@ -89,7 +89,11 @@ def evaluate_run(
     state = read_state(checkpoint)
     data_name = _trained_on(state)
     num_train_steps = _num_train_steps(state, checkpoint)
-    checked = [check_sampler_args(sampler, n, eta, num_train_steps) for sampler in samplers for n in steps]
+    def check(spec: str, n: int):  # "dpm++2m" or "dpm++2m:karras": a sampler with its own timestep spacing
+        name, _, spacing = spec.partition(":")
+        return spec, check_sampler_args(name, n, eta, num_train_steps, spacing or None)
+
+    checked = [check(spec, n) for spec in samplers for n in steps]
     metrics = tuple(metrics) if metrics else default_metrics(data_name)
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
@@ -120,16 +124,16 @@ def evaluate_run(
 
     num_classes = pipe.num_classes
     labels = np.arange(num) % num_classes if num_classes else None  # class-balanced for conditional models
-    settings = {(s.sampler, s.steps): s for s in checked}
+    settings = {(spec, s.steps): s for spec, s in checked}
 
     def generate(count: int, sampler: str, n_steps: int, seed: int) -> dict:
         s = settings[sampler, n_steps]
-        images = pipe.generate(count, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=seed,
+        images = pipe.generate(count, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=seed, spacing=s.spacing,
                                labels=None if labels is None else labels[:count].tolist(), batch_size=batch_size,
                                progress=progress)
         return {"images": images, "nfe": s.steps, "labels": None if labels is None else labels[:count]}
 
-    rows = run_sweep(generate, [{"sampler": s.sampler, "steps": s.steps} for s in checked], num, references,
+    rows = run_sweep(generate, [{"sampler": spec, "steps": s.steps} for spec, s in checked], num, references,
                      metrics, seed=seed, inception=inception, classifier=classifier, progress=progress)
     paths = write_sweep_report(rows, report_dir)
     return EvalResult(rows, paths)

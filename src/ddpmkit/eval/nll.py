@@ -86,7 +86,7 @@ def evaluate_nll(run: str | Path, num: int = 100, steps: int | None = None, spli
     start = time.perf_counter()
     bar = tqdm(total=num * K, desc=f"bound over {K} terms", unit="img·term", disable=not progress)
     for first in range(0, num, batch_size):
-        images = torch.from_numpy(data.images[first:first + batch_size]).permute(0, 3, 1, 2)
+        images = torch.from_numpy(data.images[first:min(first + batch_size, num)]).permute(0, 3, 1, 2)
         x0 = (images.double() / 127.5 - 1).float().to(pipe.device)  # exactly the 8-bit grid in [-1, 1]
         kwargs = {}
         if conditional:
