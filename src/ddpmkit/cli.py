@@ -45,7 +45,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {DEFAULT_STEPS_HELP})")
     p.add_argument("--spacing", choices=SPACINGS,
-                   help="timesteps: trailing (default), logsnr (dpm++3m's default), karras, linspace, leading")
+                   help="timesteps: trailing (default; ddpm: linspace), logsnr (λ-uniform), karras, linspace, leading")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")

@@ -99,7 +99,7 @@ class Pipeline:
 
         ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
         with one row per image. Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, ddpm all T), and so
-        does the timestep ``spacing`` (trailing; logsnr for dpm++3m; also linspace, leading, karras). The initial noise
+        does the timestep ``spacing`` (trailing; also linspace, leading, logsnr, karras). The initial noise
         comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
         samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """

@@ -55,7 +55,8 @@ SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
     "ddpm": SamplerDefaults(steps=None, spacing="linspace"),  # the full chain; respaced as improved-diffusion does
     "ddim": SamplerDefaults(steps=50, spacing="trailing", uses_eta=True),  # Lin et al. 2024: trailing starts at T-1
     "dpm++2m": SamplerDefaults(steps=20, spacing="trailing"),  # Lu et al. 2022: 15-20 steps for good samples
-    "dpm++3m": SamplerDefaults(steps=20, spacing="logsnr"),  # third order: λ-uniform steps, as the solver's h
+    # trailing, measured: on the cosine mnist run λ-uniform steps crowd near T (classifier FID at 10 NFE 864 vs 748)
+    "dpm++3m": SamplerDefaults(steps=20, spacing="trailing"),
 }
 SAMPLERS = tuple(SAMPLER_DEFAULTS)
 
@@ -354,7 +355,7 @@ def dpmpp_2m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | No
 
 
 def dpmpp_3m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-             spacing: str = "logsnr", callback: Callback | None = None, clip_denoised: bool = True,
+             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool = True,
              dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """DPM-Solver++(3M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver3MStep`); deterministic."""
     return _run("dpm++3m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
