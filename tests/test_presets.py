@@ -21,7 +21,8 @@ def fake_data(name: str, image_size: int | None) -> ImageArray:
     key = name.split(":")[0]
     size, channels = (32, 3) if key == "cifar10" else SHAPES[key]
     size = image_size or size
-    return ImageArray(np.zeros((4, size, size, channels), np.uint8), np.zeros(4, np.int64), [], name)
+    classes = [str(k) for k in range(10)] if key in ("mnist", "fashion-mnist", "cifar10") else []
+    return ImageArray(np.zeros((4, size, size, channels), np.uint8), np.arange(4) % max(1, len(classes)), classes, name)
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -35,6 +36,7 @@ def test_preset_builds(name):
     assert unet.image_size == data.image_size and unet.in_channels == data.channels
     assert (config.train.steps is None) != (config.train.epochs is None)
     assert diffusion.num_steps == config.diffusion.num_steps
+    assert (unet.num_classes is not None) == config.model.class_conditional
 
 
 def test_paper_presets_follow_their_recipes():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (conditional models)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale w >= 0 (conditional models): 0 unconditional, 1 conditional, "
+                        "> 1 sharper classes")
+    p.add_argument("--per-class", type=int, metavar="N",
+                   help="a grid with one labelled row of N images per class (conditional models; replaces --num)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.add_argument("--individual", type=Path, metavar="DIR", help="also write one PNG per image into DIR")
     p.add_argument("--gif", action="store_true", help="also write the denoising progression as <out>.gif")
@@ -57,6 +62,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
+    p.add_argument("--lora", type=Path, metavar="DIR", help="apply a LoRA adapter made for this run (ddpmkit lora)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength s: 0 the base, 1 as trained")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -66,10 +73,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# Commands with parsers of their own (data, eval, demo): ``ddpmkit NAME ...`` hands them the rest of argv.
+# Commands with parsers of their own (data, eval, demo, lora): ``ddpmkit NAME ...`` hands them the rest of argv.
 DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
              "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)",
-             "demo": "a Gradio app for a trained run (ddpmkit demo --help; pip install 'ddpmkit[demo]')"}
+             "demo": "a Gradio app for a trained run (ddpmkit demo --help; pip install 'ddpmkit[demo]')",
+             "lora": "fine-tune a run with LoRA adapters, or merge one (ddpmkit lora --help)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +100,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         from .demo.cli import demo_main
 
         return demo_main(rest)
+    if command == "lora":
+        from .lora.cli import lora_main
+
+        return lora_main(rest)
     from .eval.cli import eval_main
 
     return eval_main(rest)
@@ -163,6 +175,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
             labels = [int(v) for v in args.labels.split(",")]
         except ValueError:
             raise DdpmkitError(f"--labels expects comma-separated integers, got '{args.labels}'") from None
+    if args.per_class is not None:
+        if args.per_class < 1:
+            raise DdpmkitError(f"--per-class must be at least 1 (got {args.per_class})")
+        if labels is not None:
+            raise DdpmkitError("--per-class draws every class: drop --labels (or drop --per-class)")
+    if args.guidance is not None and not (args.guidance >= 0 and math.isfinite(args.guidance)):
+        raise DdpmkitError(f"--guidance must be a finite number >= 0 (0 unconditional, 1 conditional), "
+                           f"got {args.guidance}")
     if args.num < 1 or args.batch_size < 1:
         raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {args.num} and {args.batch_size})")
     if args.gif and args.num > args.batch_size:
@@ -172,11 +192,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_writable(args.out.with_suffix(".gif"), "file", "--out")
     if args.individual:
         check_writable(args.individual, "dir", "--individual")
-    pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights)
+    pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights,
+                             lora=args.lora, lora_scale=args.lora_scale)
     check_sampler_args(args.sampler, args.steps, args.eta, pipe.diffusion.num_steps, args.spacing)
     if args.guidance is not None and args.guidance != 1.0 and pipe.num_classes is None:
         raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: guidance needs a class-conditional model; "
                            "drop --guidance")
+    row_labels, nrow = None, None
+    if args.per_class is not None:
+        if pipe.num_classes is None:
+            raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: --per-class needs a class-conditional "
+                               "model; use --num")
+        args.num, nrow = args.per_class * pipe.num_classes, args.per_class
+        labels = [k for k in range(pipe.num_classes) for _ in range(args.per_class)]
+        names = pipe.class_names if len(pipe.class_names) == pipe.num_classes else range(pipe.num_classes)
+        row_labels = [str(name) for name in names]
     if labels is not None:
         pipe.label_kwargs(labels, args.num)  # checks the labels against the run's classes
     frames = []
@@ -188,7 +218,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                            spacing=args.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
                            progress=True, callback=callback)
     seconds = time.perf_counter() - start
-    save_grid(images, args.out)
+    save_grid(images, args.out, nrow=nrow, row_labels=row_labels)
     written = [str(args.out)]
     if args.individual:
         args.individual.mkdir(parents=True, exist_ok=True)

@@ -81,14 +81,26 @@ class TrainConfig:
 
 
 @dataclass
+class LoRAConfig:
+    base: str | None = None              # checkpoint to adapt with LoRA (None: train the whole model, no LoRA)
+    rank: int = 8                        # r of W + (α/r)·B·A
+    alpha: float = 8.0                   # α
+    targets: tuple[str, ...] = ("attn",)  # attn, conv, mlp (see ddpmkit.lora.adapter)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # a LoRA run: the base's UNet and diffusion are used
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        spec = _plain(asdict(self))
+        if self.lora.base is None:  # configs of ordinary runs stay as they were
+            del spec["lora"]
+        return spec
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any], where: str = "config") -> RunConfig:
@@ -145,7 +157,8 @@ def _section_of(name: str) -> str:
     return owners[0]
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+             "lora": LoRAConfig}
 
 
 def _assign(config: RunConfig, section: str, values: Any, where: str) -> None:

@@ -40,8 +40,12 @@ class Pipeline:
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "auto", precision: str = "auto",
-                 weights: str = "ema") -> Pipeline:
-        """From a run folder (its newest checkpoint) or a checkpoint folder; ``weights`` is "ema" or "model"."""
+                 weights: str = "ema", lora: str | Path | None = None, lora_scale: float = 1.0) -> Pipeline:
+        """From a run folder (its newest checkpoint) or a checkpoint folder; ``weights`` is "ema" or "model".
+
+        ``lora`` is an adapter folder (``ddpmkit lora --out DIR``) made for this base (checked by fingerprint),
+        applied at strength ``lora_scale``: W + s·(α/r)·B·A. A LoRA run's own checkpoint loads with its adapters.
+        """
         run, folder = RunFolder.locate(path)
         tensors, state = load_checkpoint(folder, names=(weights,))
         if weights not in tensors:
@@ -53,11 +57,23 @@ class Pipeline:
             raise DdpmkitError(f"{folder}/state.json lacks {exc}; it is not a complete ddpmkit checkpoint") from exc
         torch_device = select_device(device)
         model = UNet(unet_config)
+        if state.get("lora"):  # a LoRA run's checkpoint: the base with its adapters
+            from .lora import inject
+
+            inject(model, state["lora"]["rank"], state["lora"]["alpha"], state["lora"]["targets"])
         try:
             model.load_state_dict(tensors[weights])
         except RuntimeError as exc:
             raise DdpmkitError(f"weights in {folder} do not fit the model its state.json describes: "
                                f"{str(exc).splitlines()[0]}") from exc
+        if lora is not None:
+            from .lora import apply_adapter, fingerprint
+
+            apply_adapter(model, lora, lora_scale, fingerprint(state["unet"], tensors[weights]), f"{folder}")
+        elif lora_scale != 1.0:
+            from .lora import set_scale
+
+            set_scale(model, lora_scale)
         return cls(model.to(torch_device), diffusion, torch_device, precision, folder, state, run)
 
     @property

@@ -380,10 +380,18 @@ def null_condition(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 def guided_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str, Any], guidance: float,
                     uncond_kwargs: Mapping[str, Any] | None = None) -> ModelFn:
-    """Classifier-free guidance (Ho & Salimans 2022): out = out_∅ + w (out_c - out_∅), both in one batch.
+    """Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε̂_∅ + w (ε̂_c − ε̂_∅), both passes in one batch of 2B.
 
-    The combination is made on the model's output (ε, x_0 or v alike: each is affine in the other two given x_t,
-    so guiding any of them is the same guidance). A learned-variance output keeps the conditional variance.
+    w = 0 is the unconditional model, w = 1 the conditional one, w > 1 pushes samples toward their class.
+
+    In which space: the combination is made on whatever the model outputs (ε, x₀ or v), and that is the same
+    guidance in every parameterisation. Given x_t and t, each output is an affine function of the others with
+    coefficients that depend only on (x_t, t): ε = (x_t − √ᾱ_t x₀)/√(1 − ᾱ_t) and v = √ᾱ_t ε − √(1 − ᾱ_t) x₀. The
+    guided combination (1 − w)·a_∅ + w·a_c has weights that sum to 1, and such a combination commutes with any
+    affine map f: f((1 − w) a_∅ + w a_c) = (1 − w) f(a_∅) + w f(a_c). So guiding x₀ or v and converting to ε gives
+    exactly the ε-space guidance of the paper (the score-space one: ε is −√(1 − ᾱ_t) × the score), with no
+    conversion in the loop. A learned-variance output (channels after the first C) keeps the conditional
+    variance: guidance is defined on the mean, and the variance the model learned for this class is kept.
     """
     uncond = dict(null_condition(model_kwargs) if uncond_kwargs is None else uncond_kwargs)
     if set(uncond) != set(model_kwargs):

@@ -8,6 +8,7 @@ starts at y = padding + r * (H + padding), x = padding + c * (W + padding).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +88,34 @@ def _save_atomic(img: Image.Image, path: str | Path, **kwargs) -> Path:
 
 
 def grid_image(images: np.ndarray | Tensor, nrow: int | None = None, padding: int = 2,
-               scale: int | None = None) -> Image.Image:
-    """The grid as a Pillow image; small tiles are upscaled nearest-neighbour (default 96 // H times)."""
+               scale: int | None = None, row_labels: Sequence[str] | None = None) -> Image.Image:
+    """The grid as a Pillow image; small tiles are upscaled nearest-neighbour (default 96 // H times).
+    ``row_labels``: one text per grid row, written in a margin on the left (e.g. the class of each row)."""
     arr = _as_uint8_stack(images)
     scale = _default_scale(arr.shape[1]) if scale is None else int(scale)
-    return _to_pil(make_grid(arr, nrow=nrow, padding=padding), scale)
+    grid = _to_pil(make_grid(arr, nrow=nrow, padding=padding), scale)
+    return grid if row_labels is None else _label_rows(grid, row_labels, (arr.shape[1] + padding) * scale)
+
+
+def _label_rows(grid: Image.Image, labels: Sequence[str], row_height: int) -> Image.Image:
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, row_height // 3))
+    draw = ImageDraw.Draw(grid)
+    margin = 8 + max(int(draw.textlength(str(text), font=font)) for text in labels)
+    out = Image.new(grid.mode, (grid.width + margin, grid.height), 0 if grid.mode == "L" else (0, 0, 0))
+    out.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    white = 255 if out.mode == "L" else (255, 255, 255)
+    for row, text in enumerate(labels):
+        draw.text((4, row * row_height + row_height // 2), str(text), fill=white, font=font, anchor="lm")
+    return out
 
 
 def save_grid(images: np.ndarray | Tensor, path: str | Path, nrow: int | None = None,
-              scale: int | None = None) -> Path:
+              scale: int | None = None, row_labels: Sequence[str] | None = None) -> Path:
     """Write a grid PNG atomically (see :func:`grid_image`)."""
-    return _save_atomic(grid_image(images, nrow=nrow, scale=scale), path, format="PNG")
+    return _save_atomic(grid_image(images, nrow=nrow, scale=scale, row_labels=row_labels), path, format="PNG")
 
 
 def save_gif(frames: list[np.ndarray], path: str | Path, duration_ms: int = 80,

@@ -23,6 +23,8 @@ def _parser():
                         "dpm++2m:karras (logsnr, karras, trailing, linspace, leading)")
     p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts")
     p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--guidance", help="comma-separated classifier-free guidance scales to sweep, e.g. 0,1,2,3,5 "
+                                      "(conditional runs: class-balanced labels, accuracy of the requested class)")
     p.add_argument("--metrics", help="comma-separated from fid, kid, cfid, classes (default: by data set)")
     p.add_argument("--ref-num", type=int, default=2000, help="reference images (cached statistics)")
     p.add_argument("--ref-split", default="test", help="reference split (falls back to train if absent)")
@@ -47,6 +49,16 @@ def _ints(text: str, what: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise DdpmkitError(f"--{what} expects comma-separated integers, got '{text}'") from None
+    if not values:
+        raise DdpmkitError(f"--{what} names no value")
+    return values
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DdpmkitError(f"--{what} expects comma-separated numbers, got '{text}'") from None
     if not values:
         raise DdpmkitError(f"--{what} names no value")
     return values
@@ -85,6 +97,7 @@ def eval_main(argv: list[str]) -> int:
 
     result = evaluate_run(
         args.run, samplers=_names(args.sampler), steps=_ints(args.steps, "steps"), num=args.num, eta=args.eta,
+        guidance=_floats(args.guidance, "guidance") if args.guidance else None,
         metrics=_names(args.metrics) if args.metrics else None, ref_num=args.ref_num, ref_split=args.ref_split,
         seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
         inception_path=args.inception, out=args.out)

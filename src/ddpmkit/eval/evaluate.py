@@ -8,6 +8,7 @@ Every argument is checked before any weights or reference statistics are loaded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ def evaluate_run(
     steps: Sequence[int] = (10, 20, 50, 100),
     num: int = 500,
     eta: float = 0.0,
+    guidance: Sequence[float] | None = None,
     metrics: Sequence[str] | None = None,
     ref_num: int = 2000,
     ref_split: str = "test",
@@ -68,6 +70,8 @@ def evaluate_run(
     """Sample ``run`` (a run folder, its checkpoints/ folder or one checkpoint) with every sampler x steps
     setting, score each set of ``num`` images, and write sweep.json, sweep.md and sweep.png.
 
+    ``guidance``: classifier-free guidance scales to sweep too (conditional runs; each setting is sampled at each
+    scale, with class-balanced labels, and the class accuracy is the share classified as the requested label).
     ``metrics``: from fid, kid (Inception), cfid, classes (MNIST classifier); default by data set. The
     reference is the first ``ref_num`` images of ``ref_split`` ("train" when the data set has no such split).
     The report goes to ``out``, else the run folder's eval/ (``RunFolder.eval_dir``).
@@ -85,6 +89,10 @@ def evaluate_run(
         raise DdpmkitError("name at least one sampler and one step count")
     if ref_split not in SPLITS:
         raise DdpmkitError(f"unknown reference split {ref_split!r}; use {' or '.join(SPLITS)}")
+    guidance = list(guidance) if guidance else [None]
+    if any(w is not None and not (math.isfinite(w) and w >= 0) for w in guidance):
+        raise DdpmkitError(f"guidance scales must be finite and at least 0 (0: unconditional, 1: conditional), "
+                           f"got {', '.join(str(w) for w in guidance)}")
     folder, checkpoint = RunFolder.locate(run)
     state = read_state(checkpoint)
     data_name = _trained_on(state)
@@ -94,6 +102,8 @@ def evaluate_run(
         return spec, check_sampler_args(name, n, eta, num_train_steps, spacing or None)
 
     checked = [check(spec, n) for spec in samplers for n in steps]
+    if guidance != [None] and not (state.get("unet") or {}).get("num_classes"):
+        raise DdpmkitError(f"{checkpoint} is an unconditional run: --guidance needs a class-conditional model")
     metrics = tuple(metrics) if metrics else default_metrics(data_name)
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
@@ -126,14 +136,16 @@ def evaluate_run(
     labels = np.arange(num) % num_classes if num_classes else None  # class-balanced for conditional models
     settings = {(spec, s.steps): s for spec, s in checked}
 
-    def generate(count: int, sampler: str, n_steps: int, seed: int) -> dict:
+    def generate(count: int, sampler: str, n_steps: int, seed: int, guidance: float | None = None) -> dict:
         s = settings[sampler, n_steps]
         images = pipe.generate(count, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=seed, spacing=s.spacing,
-                               labels=None if labels is None else labels[:count].tolist(), batch_size=batch_size,
-                               progress=progress)
+                               labels=None if labels is None else labels[:count].tolist(), guidance=guidance,
+                               batch_size=batch_size, progress=progress)
         return {"images": images, "nfe": s.steps, "labels": None if labels is None else labels[:count]}
 
-    rows = run_sweep(generate, [{"sampler": spec, "steps": s.steps} for spec, s in checked], num, references,
+    sweep = [{"sampler": spec, "steps": s.steps, **({} if w is None else {"guidance": w})}
+             for spec, s in checked for w in guidance]
+    rows = run_sweep(generate, sweep, num, references,
                      metrics, seed=seed, inception=inception, classifier=classifier, progress=progress)
     paths = write_sweep_report(rows, report_dir)
     return EvalResult(rows, paths)

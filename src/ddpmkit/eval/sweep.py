@@ -103,7 +103,8 @@ def run_sweep(
     """Generate ``num`` images per setting, time it, score it; one row per setting.
 
     ``settings``: dicts with "sampler" and "steps" (other keys, e.g. "nfe", "eta", "guidance", are
-    copied to the row; "nfe" is used when the generator does not report it). ``reference``: the
+    copied to the row; "nfe" is used when the generator does not report it; a setting's "guidance" is also
+    passed to ``generate`` as the keyword ``guidance``). ``reference``: the
     Inception ``ReferenceStats``, or a mapping {"inception": ..., "classifier": ...}.
     Extractors are created on first need when not given (Inception: pinned weights, default precision).
     """
@@ -130,7 +131,8 @@ def run_sweep(
     for setting in tqdm(settings, desc="sweep", unit="setting", disable=not progress):
         sampler, steps = setting["sampler"], int(setting["steps"])
         start = time.perf_counter()
-        images, nfe, labels = _unpack(generate(num, sampler, steps, seed))
+        extra = {"guidance": setting["guidance"]} if "guidance" in setting else {}
+        images, nfe, labels = _unpack(generate(num, sampler, steps, seed, **extra))
         seconds = time.perf_counter() - start
         images = as_uint8_nhwc(images)
         row = dict(setting)
@@ -168,6 +170,7 @@ def sweep_markdown(rows: list[dict]) -> str:
     columns = [
         ("sampler", "sampler", "s"),
         ("steps", "steps", "d"),
+        *([("guidance", "guidance", ".1f")] if any(r.get("guidance") is not None for r in rows) else []),
         ("NFE", "nfe", "s"),
         ("seconds", "seconds", ".1f"),
         ("images/s", "images_per_s", ".1f"),
@@ -206,13 +209,16 @@ def sweep_markdown(rows: list[dict]) -> str:
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
     key = next((k for k in ("fid", "cfid", "kid_mean") if any(k in r for r in rows)), None)
-    if key is None:
+    by_guidance = len({r.get("guidance") for r in rows}) > 1
+    if key is None and not (by_guidance and any("class_accuracy" in r for r in rows)):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if by_guidance:
+        return _plot_guidance(rows, key, path, plt)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for sampler in dict.fromkeys(r["sampler"] for r in rows):
         sub = sorted((r for r in rows if r["sampler"] == sampler and key in r), key=lambda r: r["steps"])
@@ -229,6 +235,27 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
         ax.set_ylabel(
             {"fid": "FID", "cfid": "classifier FID", "kid_mean": "KID"}[key] + f" (N={rows[0]['num']})"
         )
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_guidance(rows: list[dict], key: str | None, path: Path, plt) -> Path:
+    """Quality and (conditional runs) the accuracy of the requested class against the guidance scale."""
+    panels = ([key] if key else []) + (["class_accuracy"] if any("class_accuracy" in r for r in rows) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for name in dict.fromkeys(f"{r['sampler']}-{r['steps']}" for r in rows):
+        sub = sorted((r for r in rows if f"{r['sampler']}-{r['steps']}" == name and r.get("guidance") is not None),
+                     key=lambda r: r["guidance"])
+        for ax, panel in zip(axes[0], panels):
+            ax.plot([r["guidance"] for r in sub], [r.get(panel, math.nan) for r in sub], "o-", label=name)
+    labels = {"fid": "FID", "cfid": "classifier FID", "kid_mean": "KID", "class_accuracy": "accuracy of the label"}
+    for ax, panel in zip(axes[0], panels):
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel(f"{labels[panel]} (N={rows[0]['num']})")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

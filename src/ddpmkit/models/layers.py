@@ -1,4 +1,5 @@
-"""UNet building blocks: time embedding, fused GroupNorm(+FiLM)+SiLU, residual block, attention, resampling.
+"""UNet building blocks: time embedding, fused GroupNorm(+FiLM)+SiLU, residual block, self- and cross-attention,
+resampling, label embedding.
 
 Speed notes (measured, see benchmarks/results/unet.md): the norm + FiLM + SiLU of every ResBlock is one
 autograd function (:func:`ddpmkit.models.norm.group_norm_film_act`).
@@ -143,6 +144,71 @@ class AttentionBlock(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention of image tokens (queries) over context tokens (keys and values).
+
+    For queries ``u`` (B, N, C) and context ``c`` (B, L, D), head ``i`` (width ``d = C / heads``) is
+    ``softmax(q_i k_iᵀ / sqrt(d)) v_i`` with ``q = to_q(u)``, ``k = to_k(c)``, ``v = to_v(c)``; the heads are
+    concatenated and projected by ``to_out``. The names are diffusers' ``Attention`` ones (LoRA targets them).
+    """
+
+    def __init__(self, query_dim: int, context_dim: int, num_heads: int):
+        super().__init__()
+        if query_dim % num_heads:
+            raise ValueError(f"query width {query_dim} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(query_dim, query_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, query_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, query_dim, bias=False)
+        self.to_out = nn.Linear(query_dim, query_dim)
+
+    def _split_heads(self, tokens: Tensor) -> Tensor:
+        B, L, C = tokens.shape
+        return tokens.view(B, L, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    def forward(self, u: Tensor, context: Tensor) -> Tensor:
+        B, N, C = u.shape
+        q = self._split_heads(self.to_q(u))
+        k, v = self._split_heads(self.to_k(context)), self._split_heads(self.to_v(context))
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        return self.to_out(h.transpose(1, 2).reshape(B, N, C))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Condition image features on a sequence of context tokens, in the Transformer pattern of Stable Diffusion's
+    ``SpatialTransformer`` (Rombach et al. 2022), without its self-attention (the UNet has its own).
+
+    For ``x`` (B, C, H, W) and a context (B, L, D), with ``h`` the H·W tokens of ``proj_in(GN(x))``::
+
+        h = h + CrossAttention(LN₁(h), context)      queries from the image, keys and values from the context
+        h = h + FF(LN₂(h))                            FF = Linear(C, 4C) → GELU → Linear(4C, C)
+        out = x + proj_out(h)                         proj_out zero-initialised: the block starts as the identity
+
+    Any context of width D plugs in (class-label tokens here; text-encoder tokens later). With one context token
+    the softmax has a single key and the attention output no longer depends on the query (it is a per-condition
+    vector), so labels are given several tokens each (:class:`LabelEmbedding` with ``tokens > 1``).
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int, groups: int):
+        super().__init__()
+        self.norm = GroupNormAct(groups, channels, act=False)
+        self.proj_in = nn.Linear(channels, channels)
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn = CrossAttention(channels, context_dim, num_heads)
+        self.norm2 = nn.LayerNorm(channels)
+        self.ff = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+        self.proj_out = zero_(nn.Linear(channels, channels))
+
+    def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if context is None:  # no condition given (e.g. an unconditional pass of an external-context model)
+            return x
+        B, C, H, W = x.shape
+        h = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C))  # a view on channels_last x
+        h = h + self.attn(self.norm1(h), context.to(h.dtype))
+        h = h + self.ff(self.norm2(h))
+        return x + self.proj_out(h).view(B, H, W, C).permute(0, 3, 1, 2)
+
+
 class Downsample(nn.Module):
     """3x3 convolution with stride 2 (DDPM ``Downsample`` with ``with_conv=True``)."""
 
@@ -171,19 +237,29 @@ class LabelEmbedding(nn.Module):
     Index ``num_classes`` is the null (unconditional) label; a label of -1 (``ddpmkit.sampling.NULL_LABEL``, what
     guidance passes for "no class") maps to it, so callers need not know the number of classes. In training
     mode, each label is replaced by the null label with probability ``dropout_prob`` (Ho & Salimans 2022);
-    ``labels=None`` means null for all.
+    ``labels=None`` means null for all. With ``tokens = L > 1`` each label is a sequence of L vectors (B, L, dim)
+    for cross-attention; with ``tokens=None`` it is one vector (B, dim), added to the time embedding.
     """
 
-    def __init__(self, num_classes: int, dim: int, dropout_prob: float = 0.0):
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float = 0.0, tokens: int | None = None):
         super().__init__()
-        self.num_classes, self.dropout_prob = num_classes, dropout_prob
-        self.embedding = nn.Embedding(num_classes + 1, dim)
+        self.num_classes, self.dropout_prob, self.dim, self.tokens = num_classes, dropout_prob, dim, tokens
+        self.embedding = nn.Embedding(num_classes + 1, dim * (tokens or 1))
 
-    def forward(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+    def resolve(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """The label indices used: null for None and -1, and (training mode) dropped to null with ``dropout_prob``."""
         if labels is None:
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         labels = torch.where(labels < 0, self.num_classes, labels)  # -1: the null label
         if self.training and self.dropout_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return self.embedding(labels)
+        return labels
+
+    def lookup(self, resolved: Tensor) -> Tensor:
+        """Vectors (B, dim), or token sequences (B, tokens, dim), of already resolved label indices."""
+        vectors = self.embedding(resolved)
+        return vectors if self.tokens is None else vectors.view(-1, self.tokens, self.dim)
+
+    def forward(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        return self.lookup(self.resolve(labels, batch, device))

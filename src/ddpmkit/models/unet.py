@@ -13,6 +13,13 @@ Structure, for ``L = len(channel_mults)`` levels with ``ch_l = base_channels * c
 Time ``t`` -> sinusoidal(base) -> Linear -> SiLU -> Linear (``4 * base`` dims, DDPM) [+ label embedding]
 -> SiLU, then each ResBlock's own ``emb_proj`` Linear gives its scale/shift (or additive bias).
 
+Conditioning on class labels (``num_classes``), chosen by ``conditioning``: ``embedding`` adds a learned vector
+per class to the time embedding (DiT, improved-diffusion); ``cross_attention`` turns each label into
+``label_tokens`` context tokens that :class:`~ddpmkit.models.layers.CrossAttentionBlock` s attend to after every
+ResBlock at ``cross_attention_resolutions`` (and in the middle block when the deepest level is listed), the way
+Stable Diffusion conditions on text; ``both`` does both. Any other (B, L, ``context_dim``) sequence can be
+passed as ``context=`` (concatenated after the label tokens when there are labels too).
+
 Inputs whose size is not divisible by ``2**(L-1)`` are zero-padded (centred) up to the next multiple and the
 output is cropped back, so 28x28, 30x30, 48x48 all work with any number of levels.
 
@@ -37,6 +44,7 @@ from torch import Tensor, nn
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.models.layers import (
     AttentionBlock,
+    CrossAttentionBlock,
     Downsample,
     GroupNormAct,
     LabelEmbedding,
@@ -48,6 +56,7 @@ from ddpmkit.models.layers import (
 from ddpmkit.presets import load_unet_size
 
 _TIME_CONDITIONING = ("scale_shift", "additive")
+_CONDITIONING = ("embedding", "cross_attention", "both")
 
 
 @dataclass
@@ -68,12 +77,24 @@ class UNetConfig:
     num_classes: int | None = None  # label index num_classes is the null class (classifier-free guidance)
     norm_groups: int = 32
     mid_attention: bool = True  # self-attention in the middle block (DDPM has it)
-    class_dropout_prob: float = 0.0  # training-mode label dropout to the null class (DiT LabelEmbedder)
+    class_dropout_prob: float = 0.1  # training-mode label dropout to the null class (classifier-free guidance)
+    conditioning: str = "embedding"  # labels: "embedding" (added to the time embedding), "cross_attention", "both"
+    cross_attention_resolutions: tuple[int, ...] = ()  # feature-map sizes with cross-attention to the context
+    context_dim: int | None = None  # width D of the context tokens (None: 4 * base_channels, the label tokens')
+    label_tokens: int = 4  # context tokens per label with cross-attention (one token would make it query-blind)
     channels_last: bool = True  # NHWC convs: CIFAR-sized bf16 inference 84 vs 57 img/s (benchmarks/results)
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        self.cross_attention_resolutions = tuple(int(r) for r in self.cross_attention_resolutions)
+        if self.conditioning not in _CONDITIONING:
+            raise DdpmkitError(f"conditioning={self.conditioning!r} is unknown; use one of {list(_CONDITIONING)}")
+        if self.conditioning != "embedding" and self.num_classes is not None and not self.cross_attention_resolutions:
+            raise DdpmkitError(f"conditioning={self.conditioning} needs cross_attention_resolutions, e.g. "
+                               f"[{self.level_resolutions()[-1]}] (the feature-map sizes with cross-attention)")
+        if self.label_tokens < 1:
+            raise DdpmkitError(f"label_tokens={self.label_tokens} must be at least 1")
         if self.time_conditioning not in _TIME_CONDITIONING:
             raise DdpmkitError(
                 f"time_conditioning={self.time_conditioning!r} is unknown; "
@@ -91,16 +112,28 @@ class UNetConfig:
                 )
             if ch % self.num_heads and (self.attention_resolutions or self.mid_attention):
                 raise DdpmkitError(f"channel width {ch} is not divisible by num_heads={self.num_heads}")
-        unknown = set(self.attention_resolutions) - set(self.level_resolutions())
+        unknown = set(self.attention_resolutions + self.cross_attention_resolutions) - set(self.level_resolutions())
         if unknown:
             raise DdpmkitError(
-                f"attention_resolutions {sorted(unknown)} match no level of a {self.image_size}px UNet with "
+                f"attention resolutions {sorted(unknown)} match no level of a {self.image_size}px UNet with "
                 f"{len(self.channel_mults)} levels; its feature-map sizes are {self.level_resolutions()}"
             )
         if self.num_classes is not None and self.num_classes < 1:
             raise DdpmkitError(f"num_classes={self.num_classes} must be positive or None")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.class_dropout_prob <= 1.0:
             raise DdpmkitError("dropout must be in [0, 1) and class_dropout_prob in [0, 1]")
+
+    @property
+    def resolved_context_dim(self) -> int:
+        """Width of the context tokens the cross-attention blocks take (label tokens have it too)."""
+        return self.context_dim or 4 * self.base_channels
+
+    @property
+    def label_conditioning(self) -> tuple[bool, bool]:
+        """(labels added to the time embedding, labels as cross-attention tokens)."""
+        if self.num_classes is None:
+            return False, False
+        return self.conditioning in ("embedding", "both"), self.conditioning in ("cross_attention", "both")
 
     @property
     def resolved_out_channels(self) -> int:
@@ -134,11 +167,17 @@ class UNetConfig:
 
 
 class _Stage(nn.ModuleList):
-    """A run of blocks applied in order; each ResBlock also gets the (SiLU'd) time embedding."""
+    """A run of blocks applied in order; ResBlocks also get the (SiLU'd) time embedding, cross-attention blocks
+    the context tokens."""
 
-    def forward(self, h: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, h: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:  # type: ignore[override]
         for block in self:
-            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+            if isinstance(block, ResBlock):
+                h = block(h, emb)
+            elif isinstance(block, CrossAttentionBlock):
+                h = block(h, context)
+            else:
+                h = block(h)
         return h
 
 
@@ -157,37 +196,43 @@ class UNet(nn.Module):
         res_block = lambda i, o: ResBlock(i, o, temb, groups, cfg.dropout, scale_shift)
         attn = lambda c: AttentionBlock(c, cfg.num_heads, groups)
         attn_levels = {lvl for lvl, r in enumerate(cfg.level_resolutions()) if r in cfg.attention_resolutions}
+        cross_levels = {lvl for lvl, r in enumerate(cfg.level_resolutions()) if r in cfg.cross_attention_resolutions}
+        ctx = cfg.resolved_context_dim
+        cross = lambda c: CrossAttentionBlock(c, ctx, cfg.num_heads, groups)
+
+        def level_blocks(lvl: int, res_in: int, res_out: int) -> list[nn.Module]:
+            return ([res_block(res_in, res_out)] + ([attn(res_out)] if lvl in attn_levels else [])
+                    + ([cross(res_out)] if lvl in cross_levels else []))
 
         self.time_mlp = nn.Sequential(nn.Linear(base, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.label_emb = None
-        if cfg.num_classes is not None:
-            self.label_emb = LabelEmbedding(cfg.num_classes, temb, cfg.class_dropout_prob)
+        in_time, as_tokens = cfg.label_conditioning
+        self.label_emb = LabelEmbedding(cfg.num_classes, temb, cfg.class_dropout_prob) if in_time else None
+        self.label_tokens = (LabelEmbedding(cfg.num_classes, ctx, cfg.class_dropout_prob, tokens=cfg.label_tokens)
+                             if as_tokens else None)
         self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_ch, ch = [base], base
         for lvl, mult in enumerate(mults):
             for _ in range(cfg.num_res_blocks):
-                blocks = [res_block(ch, base * mult)]
+                blocks = level_blocks(lvl, ch, base * mult)
                 ch = base * mult
-                if lvl in attn_levels:
-                    blocks.append(attn(ch))
                 self.down.append(_Stage(blocks))
                 skip_ch.append(ch)
             if lvl != len(mults) - 1:
                 self.down.append(_Stage([Downsample(ch)]))
                 skip_ch.append(ch)
 
-        mid = [res_block(ch, ch)] + ([attn(ch)] if cfg.mid_attention else []) + [res_block(ch, ch)]
+        deepest = len(mults) - 1
+        mid = ([res_block(ch, ch)] + ([attn(ch)] if cfg.mid_attention else [])
+               + ([cross(ch)] if deepest in cross_levels else []) + [res_block(ch, ch)])
         self.mid = _Stage(mid)
 
         self.up = nn.ModuleList()
         for lvl, mult in reversed(list(enumerate(mults))):
             for i in range(cfg.num_res_blocks + 1):
-                blocks = [res_block(ch + skip_ch.pop(), base * mult)]
+                blocks = level_blocks(lvl, ch + skip_ch.pop(), base * mult)
                 ch = base * mult
-                if lvl in attn_levels:
-                    blocks.append(attn(ch))
                 if lvl and i == cfg.num_res_blocks:
                     blocks.append(Upsample(ch))
                 self.up.append(_Stage(blocks))
@@ -212,20 +257,36 @@ class UNet(nn.Module):
                 state_dict[f"{prefix}{name}.emb_proj.bias"] = b
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _embed(self, t: Tensor, labels: Tensor | None, batch: int, device: torch.device) -> Tensor:
+    def _condition(self, t: Tensor, labels: Tensor | None, context: Tensor | None, batch: int,
+                   device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """(time embedding [+ label vector], context tokens [label tokens, then ``context``] or None)."""
         if t.ndim == 0:
             t = t.expand(batch)
         emb = self.time_mlp(timestep_embedding(t.to(device), self.config.base_channels))
-        if self.label_emb is not None:
-            emb = emb + self.label_emb(labels, batch, device)
+        if context is not None:
+            if not self.config.cross_attention_resolutions:
+                raise DdpmkitError("a context was given to a UNet without cross-attention; "
+                                   "set cross_attention_resolutions in UNetConfig")
+            if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.config.resolved_context_dim:
+                raise DdpmkitError(f"context must have shape ({batch}, L, {self.config.resolved_context_dim}), "
+                                   f"got {tuple(context.shape)}")
+        label_modules = [m for m in (self.label_emb, self.label_tokens) if m is not None]
+        if label_modules:
+            resolved = label_modules[0].resolve(labels, batch, device)  # one dropout draw for both uses
+            if self.label_emb is not None:
+                emb = emb + self.label_emb.lookup(resolved)
+            if self.label_tokens is not None:
+                tokens = self.label_tokens.lookup(resolved)
+                context = tokens if context is None else torch.cat([tokens, context.to(tokens.dtype)], dim=1)
         elif labels is not None:
             raise DdpmkitError("labels were given to an unconditional UNet; set num_classes in UNetConfig")
-        return emb
+        return emb, context
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         """Predict from noisy ``x`` (B, C, H, W) at timesteps ``t`` (B,), int or float, and ``labels`` (B,).
 
-        ``labels=None`` on a class-conditional model uses the null class for every sample.
+        ``labels=None`` on a class-conditional model uses the null class for every sample. ``context`` (B, L, D)
+        is any token sequence for the cross-attention blocks (see the module docstring).
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise DdpmkitError(
@@ -235,7 +296,8 @@ class UNet(nn.Module):
         t = torch.as_tensor(t)
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != B):
             raise DdpmkitError(f"timesteps t must have shape ({B},) or be a scalar, got {tuple(t.shape)}")
-        emb = F.silu(self._embed(t, labels, B, x.device))  # every ResBlock's emb_proj input, SiLU'd once
+        emb, context = self._condition(t, labels, context, B, x.device)
+        emb = F.silu(emb)  # every ResBlock's emb_proj input, SiLU'd once
 
         m = 2 ** (len(self.config.channel_mults) - 1)
         pad_h, pad_w = -H % m, -W % m
@@ -250,11 +312,11 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for stage in self.down:
-            h = stage(h, emb)
+            h = stage(h, emb, context)
             hs.append(h)
-        h = self.mid(h, emb)
+        h = self.mid(h, emb, context)
         for stage in self.up:
-            h = stage(torch.cat([h, hs.pop()], dim=1), emb)
+            h = stage(torch.cat([h, hs.pop()], dim=1), emb, context)
         h = self.conv_out(self.norm_out(h))
 
         if pad_h or pad_w:

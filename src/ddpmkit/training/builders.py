@@ -42,13 +42,15 @@ def build_unet_config(config: RunConfig, data: ImageArray) -> UNetConfig:
 
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW, fused where the build has it: one kernel for all parameters (~24 -> ~7 ms a step on this CPU)."""
+    """AdamW over the trainable parameters (all, or a LoRA run's adapters), fused where the build has it: one
+    kernel for all parameters (~24 -> ~7 ms a step on this CPU)."""
     tc = config.train
     kwargs = dict(lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
     try:
-        return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
+        return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(model.parameters(), **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def validate_train_config(config: RunConfig) -> None:
@@ -79,11 +81,17 @@ def validate_train_config(config: RunConfig) -> None:
                            "which only a learned variance trains; set diffusion.variance=learned_range or use uniform")
     if tc.fid_features not in ("inception", "classifier"):
         raise DdpmkitError(f"train.fid_features must be inception or classifier, not '{tc.fid_features}'")
+    if config.lora.base is not None:
+        from ..lora.adapter import check_rank, parse_targets
+
+        check_rank(config.lora.rank)
+        parse_targets(config.lora.targets)
 
 
 # What a resumed run must share with its checkpoint for the continuation to be the same training run.
 RESUME_KEYS = [("data", "name"), ("data", "image_size"), ("data", "hflip"), ("train", "batch_size"),
-               ("train", "grad_accum"), ("train", "seed"), ("train", "timestep_sampler")]
+               ("train", "grad_accum"), ("train", "seed"), ("train", "timestep_sampler"), ("lora", "rank"),
+               ("lora", "alpha"), ("lora", "targets")]
 
 
 def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, diffusion: Diffusion,
@@ -99,7 +107,7 @@ def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, 
     for section, key in RESUME_KEYS:
         was = saved.get(section, {}).get(key, getattr(getattr(defaults, section), key))
         now = getattr(getattr(config, section), key)
-        if was != now:
+        if (list(was) if isinstance(was, tuple) else was) != (list(now) if isinstance(now, tuple) else now):
             raise DdpmkitError(f"{section}.{key} was {was!r} in checkpoint {checkpoint} but is {now!r} now; {fix}")
     newer = [p for p in run.checkpoints() if STEP_PATTERN.match(p.name) and checkpoint_step(p) > int(state["step"])]
     if newer:

@@ -23,6 +23,7 @@ from ..config import RunConfig
 from ..data import BatchLoader, ImageArray, load_dataset
 from ..device import autocast, autocast_dtype, resolve_precision, select_device
 from ..errors import DdpmkitError
+from ..lora.base import LoRABase
 from ..models import UNet
 from ..run import RunFolder
 from ..sampling import sample
@@ -49,7 +50,9 @@ class Trainer:
     """Owns one run folder. ``Trainer(config, run_dir).fit()`` trains; ``resume=`` continues a checkpoint exactly.
 
     ``hooks`` replaces the default metrics/grid/FID/checkpoint hooks; ``extras`` are more stateful objects
-    (``state_dict``/``load_state_dict``) saved in every checkpoint and restored on resume.
+    (``state_dict``/``load_state_dict``) saved in every checkpoint and restored on resume. With ``config.lora.base``
+    set it is a LoRA run: the base's UNet with its EMA weights, frozen, and adapters that alone train
+    (:mod:`ddpmkit.lora.base`); the adapter is exported into the run folder when training ends.
     """
 
     def __init__(self, config: RunConfig, run_dir: Path, resume: Path | None = None, progress: bool = True,
@@ -70,12 +73,21 @@ class Trainer:
         self.data = data if data is not None else load_dataset(config.data.name, "train", config.data.image_size,
                                                                progress=progress)
         self.diffusion = build_diffusion(config)
-        self.unet_config = build_unet_config(config, self.data)
+        self.lora = LoRABase.load(config.lora.base) if config.lora.base is not None else None
+        if self.lora is not None:  # adapting a trained model: its UNet, checked against the data and diffusion
+            self.unet_config = self.lora.fit(self.data, self.diffusion)
+        else:
+            self.unet_config = build_unet_config(config, self.data)
         if resume_state is not None:
             check_resumable(resume_state, config, self.unet_config, self.diffusion, resume, self.run)
+            if self.lora is not None:
+                self.lora.check_resume(resume_state, resume)
 
         torch.manual_seed(tc.seed)
-        model = UNet(self.unet_config).to(self.device)
+        model = UNet(self.unet_config)
+        if self.lora is not None:
+            self.lora.adapt(model, config.lora)  # base weights in, adapters injected, everything else frozen
+        model = model.to(self.device)
         gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         self.state = TrainingState(
             model=model,
@@ -191,6 +203,8 @@ class Trainer:
         plot_loss_by_timestep(rows, self.run.loss_by_timestep)
         summary = convergence_summary(rows)
         atomic_write_text(self.run.summary_file, json.dumps(summary, indent=1))
+        if self.lora is not None:
+            self.lora.export(self.ema.model, self.config.lora, self.run.path, self.step, self.data)
         self.logger.close()
         return TrainResult(self.run.path, self.step, loss, summary)
 
@@ -206,6 +220,8 @@ class Trainer:
             "data": {"name": self.data.name, "class_names": list(self.data.class_names)},
             "versions": {"ddpmkit": __version__, "torch": torch.__version__},
         })
+        if self.lora is not None:
+            meta["lora"] = self.lora.meta(self.config.lora)
         path = save_checkpoint(self.run.checkpoint_dir(self.step), tensors, meta)
         self.run.prune_checkpoints(self.config.train.keep_checkpoints)
         return path
