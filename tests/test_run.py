@@ -137,4 +137,4 @@ def test_pipeline_uses_the_samplers_defaults_and_model_kwargs(tmp_path):
     null = pipe.generate(3, labels=None, model_kwargs={"labels": torch.full((3,), -1)}, **kw)
     assert not torch.allclose(cond, null)
     assert torch.equal(pipe.generate(3, labels=[0, 1, 2], guidance=1.0, **kw), cond)
-    assert torch.allclose(pipe.generate(3, labels=[0, 1, 2], guidance=0.0, **kw), null, atol=1e-5)
+    assert torch.equal(pipe.generate(3, labels=[0, 1, 2], guidance=0.0, **kw), null)  # w = 0: the null pass alone

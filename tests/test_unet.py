@@ -244,13 +244,12 @@ def test_group_norm_act_matches_torch_reference(channels_last):
     assert y1.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def _manual_attention(blk: AttentionBlock, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+def _manual_attention(blk: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """x + to_out(concat_i softmax(q_i k_i^T / sqrt(d)) v_i), head i on channels [i d, (i + 1) d), by einsum."""
     B, C, H, W = x.shape
     heads, d = blk.num_heads, C // blk.num_heads
     u = F.group_norm(x, blk.norm.num_groups, blk.norm.weight, blk.norm.bias).flatten(2).transpose(1, 2)  # (B, HW, C)
-    c = u if context is None else context
-    q, k, v = blk.to_q(u), blk.to_k(c), blk.to_v(c)
+    q, k, v = blk.to_q(u), blk.to_k(u), blk.to_v(u)
     q, k, v = (z.reshape(B, -1, heads, d) for z in (q, k, v))  # (B, L, heads, d)
     attn = torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d), dim=-1)
     out = torch.einsum("bhij,bjhd->bihd", attn, v).reshape(B, H * W, C)
@@ -291,16 +290,6 @@ def test_attention_takes_the_fused_sdpa_kernel(channels_last):
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         blk(x.to(memory_format=torch.channels_last) if channels_last else x).sum().backward()
     assert blk.to_q.weight.grad is not None
-
-
-def test_attention_block_cross_attention_context():
-    """Keys and values from a (B, L, context_dim) context (the hook for a later cross-attention UNet)."""
-    torch.manual_seed(0)
-    blk = AttentionBlock(8, num_heads=2, groups=4, context_dim=5)
-    assert blk.to_k.in_features == blk.to_v.in_features == 5 and blk.to_q.in_features == 8
-    torch.nn.init.normal_(blk.to_out.weight, std=0.1)
-    x, context = torch.randn(2, 8, 3, 4), torch.randn(2, 7, 5)
-    torch.testing.assert_close(blk(x, context), _manual_attention(blk, x, context), atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- time-embedding projections

@@ -207,6 +207,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         labels = [k for k in range(pipe.num_classes) for _ in range(args.per_class)]
         names = pipe.class_names if len(pipe.class_names) == pipe.num_classes else range(pipe.num_classes)
         row_labels = [str(name) for name in names]
+        if args.gif and args.num > args.batch_size:
+            raise DdpmkitError(f"--gif records one batch: --per-class {args.per_class} draws {args.num} images, "
+                               f"more than --batch-size {args.batch_size}")
     if labels is not None:
         pipe.label_kwargs(labels, args.num)  # checks the labels against the run's classes
     frames = []

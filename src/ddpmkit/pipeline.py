@@ -67,9 +67,12 @@ class Pipeline:
             raise DdpmkitError(f"weights in {folder} do not fit the model its state.json describes: "
                                f"{str(exc).splitlines()[0]}") from exc
         if lora is not None:
-            from .lora import apply_adapter, fingerprint
+            from .lora import apply_adapter
 
-            apply_adapter(model, lora, lora_scale, fingerprint(state["unet"], tensors[weights]), f"{folder}")
+            if weights != "ema":
+                raise DdpmkitError("a LoRA adapter is made for its base's EMA weights; drop --weights model "
+                                   "(weights='model') to apply it")
+            apply_adapter(model, lora, lora_scale, base_name=f"{folder}")
         elif lora_scale != 1.0:
             from .lora import set_scale
 

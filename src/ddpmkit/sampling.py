@@ -392,6 +392,7 @@ def guided_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str, Any
     exactly the ε-space guidance of the paper (the score-space one: ε is −√(1 − ᾱ_t) × the score), with no
     conversion in the loop. A learned-variance output (channels after the first C) keeps the conditional
     variance: guidance is defined on the mean, and the variance the model learned for this class is kept.
+    (:func:`conditioned_model_fn` runs w = 0 as the unconditional model alone, variance included: one pass.)
     """
     uncond = dict(null_condition(model_kwargs) if uncond_kwargs is None else uncond_kwargs)
     if set(uncond) != set(model_kwargs):
@@ -417,7 +418,11 @@ def conditioned_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str
     if guidance is not None and guidance != 1.0:
         if not kwargs:
             raise DdpmkitError("guidance needs a condition (e.g. labels); the model was given none")
-        base = guided_model_fn(model, kwargs, guidance, uncond_kwargs)
+        if guidance == 0.0:  # ε̂_∅ + 0·(ε̂_c − ε̂_∅) is the unconditional model, variance included: one pass, exactly
+            null = dict(null_condition(kwargs) if uncond_kwargs is None else uncond_kwargs)
+            base = lambda x, t: model(x, t, **null)
+        else:
+            base = guided_model_fn(model, kwargs, guidance, uncond_kwargs)
     else:
         base = lambda x, t: model(x, t, **kwargs)
     if autocast_dtype is None:

@@ -143,8 +143,15 @@ def load_lora_state_dict(model: nn.Module, tensors: dict[str, Tensor], where: st
 
 def fingerprint(unet_config: dict[str, Any], weights: dict[str, Tensor]) -> str:
     """sha256 over the UNet config (its JSON, keys sorted) and the base weights, by name in sorted order (name,
-    dtype, shape, bytes of each); adapter entries are left out, so an adapted model hashes as its base."""
-    digest = hashlib.sha256(json.dumps(unet_config, sort_keys=True).encode())
+    dtype, shape, bytes of each); adapter entries are left out, so an adapted model hashes as its base.
+
+    The config is normalised through :class:`UNetConfig` (fields added later take their defaults), and callers
+    pass the weights as loaded into a UNet (:func:`model_fingerprint`), so a checkpoint in an older layout hashes
+    the same however it is reached."""
+    from ..models import UNetConfig
+
+    canonical = UNetConfig.from_dict(dict(unet_config)).to_dict()
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode())
     for name in sorted(weights):
         if name.endswith((".lora_A", ".lora_B")):
             continue

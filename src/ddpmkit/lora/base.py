@@ -22,9 +22,9 @@ from ..config import LoRAConfig
 from ..data import ImageArray
 from ..diffusion import Diffusion
 from ..errors import DdpmkitError
-from ..models import UNetConfig
+from ..models import UNet, UNetConfig
 from ..run import RunFolder
-from .adapter import AdapterInfo, fingerprint, inject, save_adapter, short
+from .adapter import AdapterInfo, inject, model_fingerprint, save_adapter, short
 
 
 @dataclass
@@ -50,8 +50,10 @@ class LoRABase:
         if "unet" not in state or "diffusion" not in state:
             raise DdpmkitError(f"{checkpoint}/state.json lacks the model or diffusion config; it is not a complete "
                                "ddpmkit checkpoint")
-        return cls(Path(os.path.abspath(checkpoint)), state, UNetConfig.from_dict(state["unet"]), tensors["ema"],
-                   fingerprint(state["unet"], tensors["ema"]))
+        unet = UNetConfig.from_dict(state["unet"])
+        model = UNet(unet)
+        model.load_state_dict(tensors["ema"])  # the canonical layout (older checkpoints are renamed on load)
+        return cls(Path(os.path.abspath(checkpoint)), state, unet, model.state_dict(), model_fingerprint(model))
 
     def fit(self, data: ImageArray, diffusion: Diffusion) -> UNetConfig:
         """The base's UNet config, once the data's shape and labels and the diffusion are checked to suit it."""

@@ -90,26 +90,25 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head attention over the H*W positions with a residual (DDPM ``AttnBlock``).
+    """Multi-head self-attention over the H*W positions with a residual (DDPM ``AttnBlock``).
 
-    With ``u = GN(x)`` as tokens (B, HW, C) and the keys' source ``c = u`` (self-attention) or a ``context``
-    (B, L, context_dim) (cross-attention), each head ``i`` (channels ``[i d, (i + 1) d)``, ``d = C / heads``) is
-    ``softmax(q_i k_i^T / sqrt(d)) v_i`` with ``q = to_q(u)``, ``k = to_k(c)``, ``v = to_v(c)``; the heads are
+    With ``u = GN(x)`` as tokens (B, HW, C), each head ``i`` (channels ``[i d, (i + 1) d)``, ``d = C / heads``) is
+    ``softmax(q_i k_i^T / sqrt(d)) v_i`` with ``q = to_q(u)``, ``k = to_k(u)``, ``v = to_v(u)``; the heads are
     concatenated and the output is ``x + to_out(heads)``, ``to_out`` zero-initialised (improved-diffusion).
     The projection names are diffusers' ``Attention`` ones (``to_q``, ``to_k``, ``to_v``, ``to_out``), for LoRA
     and export. Checkpoints with the older fused 1x1 conv ``qkv`` (channels ``[q | k | v]``) and ``proj`` load
     into this layout (:meth:`_load_from_state_dict`).
     """
 
-    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None = None):
+    def __init__(self, channels: int, num_heads: int, groups: int):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.norm = GroupNormAct(groups, channels, act=False)
         self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(context_dim or channels, channels)
-        self.to_v = nn.Linear(context_dim or channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
         self.to_out = zero_(nn.Linear(channels, channels))
 
     def _split_heads(self, tokens: Tensor) -> Tensor:
@@ -117,15 +116,14 @@ class AttentionBlock(nn.Module):
         B, L, C = tokens.shape
         return tokens.view(B, L, self.num_heads, C // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         # (B, C, H, W) -> (B, HW, C): a view on channels_last activations, one copy on NCHW ones
         u = self.norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        c = u if context is None else context
         # SDPA's fused CPU kernel (flash attention) needs stride 1 on the last axis (d), which these views of the
         # (B, L, C) projections have: no copies. Without it, SDPA falls back to the math path (bmm + softmax + mask
         # checks): attention fwd+bwd 29 vs 71 ms at 16x16, batch 32, 128 ch, measured on the old fused-qkv conv
-        q, k, v = (self._split_heads(p(s)) for p, s in ((self.to_q, u), (self.to_k, c), (self.to_v, c)))
+        q, k, v = (self._split_heads(p(u)) for p in (self.to_q, self.to_k, self.to_v))
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
         h = self.to_out(h.transpose(1, 2).reshape(B, H * W, C))
         return x + h.view(B, H, W, C).permute(0, 3, 1, 2)  # channels_last strides, like x

@@ -110,7 +110,8 @@ class UNetConfig:
                     f"channel width {ch} is not divisible by norm_groups={self.norm_groups}; "
                     "choose base_channels/channel_mults/norm_groups so every level divides"
                 )
-            if ch % self.num_heads and (self.attention_resolutions or self.mid_attention):
+            if ch % self.num_heads and (self.attention_resolutions or self.mid_attention
+                                        or self.cross_attention_resolutions):
                 raise DdpmkitError(f"channel width {ch} is not divisible by num_heads={self.num_heads}")
         unknown = set(self.attention_resolutions + self.cross_attention_resolutions) - set(self.level_resolutions())
         if unknown:

@@ -98,7 +98,8 @@ def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, 
                     checkpoint: Path, run: RunFolder) -> None:
     """One-line errors for a checkpoint that cannot continue as this run."""
     fix = "resume with the run folder's own config.yaml, or start a new run with --out"
-    if state.get("unet") != unet.to_dict():
+    stored = UNetConfig.from_dict(state["unet"]).to_dict() if "unet" in state else None  # later fields: defaults
+    if stored != unet.to_dict():
         raise DdpmkitError(f"checkpoint {checkpoint} was trained with another model config; {fix}")
     if state.get("diffusion") != diffusion.to_dict():
         raise DdpmkitError(f"checkpoint {checkpoint} was trained with other diffusion settings; {fix}")

@@ -6,6 +6,7 @@ everything the loop does besides training (metrics, grids, FID, checkpoints) in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -79,6 +80,10 @@ class Trainer:
         else:
             self.unet_config = build_unet_config(config, self.data)
         if resume_state is not None:
+            # the label dropout is a training setting stored with the model: a resumed run keeps the one it was
+            # trained with (runs from before the default became 0.1 have 0.0)
+            was = resume_state.get("unet", {}).get("class_dropout_prob", self.unet_config.class_dropout_prob)
+            self.unet_config = dataclasses.replace(self.unet_config, class_dropout_prob=was)
             check_resumable(resume_state, config, self.unet_config, self.diffusion, resume, self.run)
             if self.lora is not None:
                 self.lora.check_resume(resume_state, resume)
@@ -224,6 +229,8 @@ class Trainer:
             meta["lora"] = self.lora.meta(self.config.lora)
         path = save_checkpoint(self.run.checkpoint_dir(self.step), tensors, meta)
         self.run.prune_checkpoints(self.config.train.keep_checkpoints)
+        if self.lora is not None:  # the adapter as of this checkpoint: an interrupted run still has one
+            self.lora.export(self.ema.model, self.config.lora, self.run.path, self.step, self.data)
         return path
 
     @torch.no_grad()
