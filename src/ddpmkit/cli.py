@@ -109,6 +109,18 @@ def _delegate(command: str, rest: list[str]) -> int:
     return eval_main(rest)
 
 
+def flag_assignments(args: argparse.Namespace) -> list[str]:
+    """The training flags shared by ``train`` and ``lora`` as ``key=value`` config overrides, then ``--set``."""
+    flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
+             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed}
+    assignments = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.steps is not None:
+        assignments += [f"train.steps={args.steps}", "train.epochs=null"]
+    if args.epochs is not None:
+        assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
+    return assignments + list(args.overrides)
+
+
 def resolve_train_config(args: argparse.Namespace):
     """(config, run folder, checkpoint to resume or None) from the train flags."""
     from .config import load_preset
@@ -129,14 +141,7 @@ def resolve_train_config(args: argparse.Namespace):
         if run.has_checkpoints():
             raise DdpmkitError(f"{run.path} already holds a trained run; pass --resume to continue it "
                                "or --out NEW_FOLDER to start another")
-    flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
-             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed}
-    assignments = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    if args.steps is not None:
-        assignments += [f"train.steps={args.steps}", "train.epochs=null"]
-    if args.epochs is not None:
-        assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
-    config.override(assignments + list(args.overrides))
+    config.override(flag_assignments(args))
     return config, run.path, resume_path
 
 

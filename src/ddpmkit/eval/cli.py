@@ -44,21 +44,13 @@ def _parser():
     return p
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _numbers(text: str, what: str, kind: type = int) -> list:
+    """Comma-separated ints (or floats) of the flag ``--what``; one-line errors."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DdpmkitError(f"--{what} expects comma-separated integers, got '{text}'") from None
-    if not values:
-        raise DdpmkitError(f"--{what} names no value")
-    return values
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DdpmkitError(f"--{what} expects comma-separated numbers, got '{text}'") from None
+        words = "integers" if kind is int else "numbers"
+        raise DdpmkitError(f"--{what} expects comma-separated {words}, got '{text}'") from None
     if not values:
         raise DdpmkitError(f"--{what} names no value")
     return values
@@ -96,8 +88,8 @@ def eval_main(argv: list[str]) -> int:
     from .evaluate import evaluate_run
 
     result = evaluate_run(
-        args.run, samplers=_names(args.sampler), steps=_ints(args.steps, "steps"), num=args.num, eta=args.eta,
-        guidance=_floats(args.guidance, "guidance") if args.guidance else None,
+        args.run, samplers=_names(args.sampler), steps=_numbers(args.steps, "steps"), num=args.num, eta=args.eta,
+        guidance=_numbers(args.guidance, "guidance", float) if args.guidance else None,
         metrics=_names(args.metrics) if args.metrics else None, ref_num=args.ref_num, ref_split=args.ref_split,
         seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
         inception_path=args.inception, out=args.out)

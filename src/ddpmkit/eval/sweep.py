@@ -232,11 +232,16 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
         if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(
-            {"fid": "FID", "cfid": "classifier FID", "kid_mean": "KID"}[key] + f" (N={rows[0]['num']})"
-        )
+        ax.set_ylabel(f"{_AXIS_LABELS[key]} (N={rows[0]['num']})")
         ax.grid(alpha=0.3)
         ax.legend()
+    return _save(fig, path, plt)
+
+
+_AXIS_LABELS = {"fid": "FID", "cfid": "classifier FID", "kid_mean": "KID", "class_accuracy": "accuracy of the label"}
+
+
+def _save(fig, path: Path, plt) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -252,16 +257,12 @@ def _plot_guidance(rows: list[dict], key: str | None, path: Path, plt) -> Path:
                      key=lambda r: r["guidance"])
         for ax, panel in zip(axes[0], panels):
             ax.plot([r["guidance"] for r in sub], [r.get(panel, math.nan) for r in sub], "o-", label=name)
-    labels = {"fid": "FID", "cfid": "classifier FID", "kid_mean": "KID", "class_accuracy": "accuracy of the label"}
     for ax, panel in zip(axes[0], panels):
         ax.set_xlabel("guidance scale w")
-        ax.set_ylabel(f"{labels[panel]} (N={rows[0]['num']})")
+        ax.set_ylabel(f"{_AXIS_LABELS[panel]} (N={rows[0]['num']})")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
 def write_sweep_report(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:

@@ -54,6 +54,7 @@ def _merge_parser() -> argparse.ArgumentParser:
 
 def resolve_lora_config(args: argparse.Namespace):
     """(config, run folder, checkpoint to resume or None): the base's config, the LoRA section, the flags."""
+    from ..cli import flag_assignments
     from ..config import LoRAConfig
     from ..run import RunFolder
     from .adapter import check_rank, parse_targets
@@ -80,14 +81,7 @@ def resolve_lora_config(args: argparse.Namespace):
         config.lora.alpha = float(args.alpha)
     if targets is not None:
         config.lora.targets = targets
-    flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
-             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed}
-    assignments = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    if args.steps is not None:
-        assignments += [f"train.steps={args.steps}", "train.epochs=null"]
-    if args.epochs is not None:
-        assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
-    config.override(assignments + list(args.overrides))
+    config.override(flag_assignments(args))
     return config, run.path, resume_path
 
 
