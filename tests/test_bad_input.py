@@ -86,6 +86,8 @@ CASES = [
     (["train", *TINY, "--set", "train.timestep_sampler=loss-second-moment", "--out", "r"],
      "only a learned variance trains"),
     (["train", *TINY, "--set", "train.timestep_sampler=lognormal", "--out", "r"], "unknown train.timestep_sampler"),
+    (["train", *TINY, "--set", "train.timestep_sampler=log-normal", "--set", "train.log_sigma_std=0", "--out", "r"],
+     "train.log_sigma_std must be positive"),
     (["train", *TINY, "--set", "diffusion.vlb_weight=-1", "--set", "diffusion.variance=learned_range", "--out", "r"],
      "vlb_weight must be non-negative"),
     (["train", *TINY, "--set", "data.image_size=0", "--out", "r"], "image_size"),

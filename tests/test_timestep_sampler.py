@@ -89,3 +89,55 @@ def test_factory_and_bad_settings():
         make_timestep_sampler("lognormal", 10)
     with pytest.raises(DdpmkitError, match="history must be"):
         LossSecondMomentSampler(10, history=0)
+
+
+# ----- log-normal noise levels (EDM) -------------------------------------------------------------------------
+
+def _cosine_snr(num_steps: int = 1000) -> np.ndarray:
+    from ddpmkit.schedule import NoiseSchedule
+    return NoiseSchedule.from_name("cosine", num_steps).snr.double().numpy()
+
+
+def test_log_normal_matches_nearest_t_of_continuous_draws():
+    """p_t is the mass of ln σ ~ N(μ, s²) that rounds to t (nearest ln σ_t): check against 400k direct draws."""
+    snr = _cosine_snr()
+    sampler = make_timestep_sampler("log-normal", 1000, snr, -1.2, 1.2)
+    p = sampler.probabilities()
+    assert p.min() >= 0 and p.sum() == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    log_sigma = -0.5 * np.log(snr)
+    draws = rng.normal(-1.2, 1.2, 400_000)
+    nearest = np.abs(draws[:, None] - log_sigma[None, ::10]).argmin(1)  # nearest of every 10th t, then refine
+    coarse = np.clip(nearest * 10, 0, 999)
+    window = np.clip(coarse[:, None] + np.arange(-10, 11)[None, :], 0, 999)
+    t = window[np.arange(len(draws)), np.abs(draws[:, None] - log_sigma[window]).argmin(1)]
+    empirical_cdf = np.cumsum(np.bincount(t, minlength=1000)) / len(t)
+    assert np.abs(empirical_cdf - np.cumsum(p)).max() < 0.004  # Kolmogorov distance; 3.4/sqrt(n) ≈ 0.005
+    # pinned: cosine schedule, T = 1000, EDM's (-1.2, 1.2): the median training step and the quartiles
+    cdf = np.cumsum(p)
+    assert [int(np.searchsorted(cdf, q)) for q in (0.25, 0.5, 0.75)] == [77, 179, 373]
+
+
+def test_log_normal_weights_are_one_and_state_round_trips():
+    snr = _cosine_snr(100)
+    sampler = make_timestep_sampler("log-normal", 100, snr, -0.5, 1.0)
+    t, w = sampler.sample(4096, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(w, torch.ones(4096))  # a change of emphasis, not an unbiased importance sampler
+    counts = np.bincount(t.numpy(), minlength=100) / 4096
+    assert np.abs(np.cumsum(counts) - np.cumsum(sampler.probabilities())).max() < 0.03
+    state = json.loads(json.dumps(sampler.state_dict()))
+    make_timestep_sampler("log-normal", 100, snr, -0.5, 1.0).load_state_dict(state)
+    with pytest.raises(DdpmkitError, match="another log_sigma_mean/std"):
+        make_timestep_sampler("log-normal", 100, snr, -1.2, 1.0).load_state_dict(state)
+    with pytest.raises(DdpmkitError, match="log_sigma_std > 0"):
+        make_timestep_sampler("log-normal", 100, snr, -1.2, 0.0)
+    with pytest.raises(DdpmkitError, match="needs the schedule's SNR"):
+        make_timestep_sampler("log-normal", 100)
+
+
+def test_log_normal_handles_zero_terminal_snr():
+    from ddpmkit.schedule import NoiseSchedule
+    snr = NoiseSchedule.from_name("linear", 100, zero_terminal_snr=True).snr.double().numpy()
+    assert snr[-1] == 0
+    p = make_timestep_sampler("log-normal", 100, snr).probabilities()
+    assert np.isfinite(p).all() and p.sum() == pytest.approx(1.0)

@@ -43,12 +43,16 @@ def tiny_config(steps: int, **train) -> RunConfig:
     return config
 
 
-@pytest.mark.parametrize("learned", [False, True], ids=["fixed-variance", "learned-variance-importance-t"])
-def test_resume_is_bitwise_exact(tmp_path, learned):
+@pytest.mark.parametrize("learned,log_normal", [(False, False), (True, False), (False, True)],
+                         ids=["fixed-variance", "learned-variance-importance-t", "log-normal-t"])
+def test_resume_is_bitwise_exact(tmp_path, learned, log_normal):
     """2N steps straight == N steps, a fresh process-like Trainer resuming, N more (data order, dropout, noise);
-    with a learned variance, t importance-sampled from a loss history that warms up (T = 2) before the split."""
+    with a learned variance, t importance-sampled from a loss history that warms up (T = 2) before the split;
+    with log-normal t, EDM's noise levels drawn from the run's generator."""
     data, n = tiny_data(), 7  # 5 batches an epoch: the split falls mid-epoch and the run crosses epochs
     config = tiny_config(2 * n, checkpoint_every=n)
+    if log_normal:
+        config.override(["train.timestep_sampler=log-normal"])
     if learned:
         config.override(["diffusion.num_steps=2", "diffusion.variance=learned_range",
                          "train.timestep_sampler=loss-second-moment"])

@@ -77,7 +77,9 @@ class TrainConfig:
     fid_num: int = 256                   # samples per FID during training (report N: small N inflates FID)
     fid_ref_num: int = 2000              # reference images (statistics cached once)
     fid_features: str = "inception"      # inception (standard FID) or classifier (MNIST classifier, fast)
-    timestep_sampler: str = "uniform"    # uniform, or loss-second-moment (importance-sampled L_vlb terms)
+    timestep_sampler: str = "uniform"    # uniform, loss-second-moment (importance-sampled L_vlb terms), log-normal
+    log_sigma_mean: float = -1.2         # log-normal: ln σ ~ N(mean, std²), σ = √((1-ᾱ)/ᾱ) (EDM's P_mean, P_std)
+    log_sigma_std: float = 1.2
 
 
 @dataclass

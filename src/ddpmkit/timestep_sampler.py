@@ -1,4 +1,4 @@
-"""Which timesteps a training batch sees: uniform, or importance-sampled by the loss's second moment.
+"""Which timesteps a training batch sees: uniform, importance-sampled by the loss's second moment, or log-normal in σ.
 
 Nichol & Dhariwal 2021, eq. 17: L_vlb = E_{t∼p_t}[L_t / p_t] with p_t ∝ √E[L_t²]. The terms of the bound differ
 by orders of magnitude across t (the first few dominate), so uniform t gives a very noisy estimate of L_vlb;
@@ -93,6 +93,51 @@ class LossSecondMomentSampler(UniformSampler):
         self.counts = np.asarray(state["counts"], dtype=np.int64).reshape(self.num_steps)
 
 
+class LogNormalSampler(UniformSampler):
+    """EDM's training noise levels (Karras et al. 2022, Table 1): ln σ ∼ N(P_mean, P_std²), on our discrete t.
+
+    σ_t = √((1 − ᾱ_t)/ᾱ_t) is the noise-to-signal ratio of x_t (the σ of x_t/√ᾱ_t in EDM's variance-exploding
+    form). Each t takes the normal mass of ln σ between the midpoints to its neighbours' ln σ, so
+    p_t = Φ((m_{t+½} − P_mean)/P_std) − Φ((m_{t−½} − P_mean)/P_std), the end steps taking the tails. EDM's
+    P_mean = −1.2, P_std = 1.2 put most training on middle noise levels (σ ≈ 0.1 … 1) and little on nearly clean
+    or nearly pure-noise inputs. The weights are 1: this *changes* the emphasis of the loss (as EDM does), it is
+    not an importance sampler that keeps the uniform-t loss unbiased.
+    """
+
+    def __init__(self, num_steps: int, snr: np.ndarray, mean: float = -1.2, std: float = 1.2):
+        super().__init__(num_steps)
+        if std <= 0:
+            raise DdpmkitError(f"the log-normal timestep sampler needs log_sigma_std > 0, got {std}")
+        self.mean, self.std = float(mean), float(std)
+        with np.errstate(divide="ignore"):  # a zero-terminal-SNR schedule has σ_T = ∞
+            log_sigma = -0.5 * np.log(np.asarray(snr, dtype=np.float64))  # increasing in t
+        edges = (log_sigma[1:] + log_sigma[:-1]) / 2
+        cdf = np.concatenate([[0.0], _normal_cdf((edges - self.mean) / self.std), [1.0]])
+        self._p = np.diff(cdf)
+
+    def probabilities(self) -> np.ndarray:
+        return self._p
+
+    def sample(self, batch: int, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        t, _ = super().sample(batch, device, generator)
+        return t, torch.ones(batch, device=device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "log-normal", "num_steps": self.num_steps, "mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_state(self, state)
+        if (state.get("mean"), state.get("std")) != (self.mean, self.std):
+            raise DdpmkitError("the checkpoint's log-normal timestep sampler has another log_sigma_mean/std")
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Φ(z) of the standard normal, via erfc (exact to float64 in the tails)."""
+    from math import erfc, sqrt
+    return np.array([0.5 * erfc(-v / sqrt(2)) for v in np.atleast_1d(z)])
+
+
 def _check_state(sampler: UniformSampler, state: dict[str, Any]) -> None:
     kind = sampler.state_dict()["kind"]
     if state.get("kind") != kind or state.get("num_steps") != sampler.num_steps:
@@ -100,10 +145,17 @@ def _check_state(sampler: UniformSampler, state: dict[str, Any]) -> None:
                            f"is not this run's ({kind}, T = {sampler.num_steps})")
 
 
-TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentSampler}
+TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentSampler,
+                     "log-normal": LogNormalSampler}
 
 
-def make_timestep_sampler(kind: str, num_steps: int) -> UniformSampler:
+def make_timestep_sampler(kind: str, num_steps: int, snr: np.ndarray | None = None, log_sigma_mean: float = -1.2,
+                          log_sigma_std: float = 1.2) -> UniformSampler:
+    """The named sampler; ``log-normal`` needs the schedule's SNR_t (and takes EDM's P_mean, P_std)."""
     if kind not in TIMESTEP_SAMPLERS:
         raise DdpmkitError(f"unknown timestep sampler '{kind}'; choose one of {', '.join(TIMESTEP_SAMPLERS)}")
+    if kind == "log-normal":
+        if snr is None:
+            raise DdpmkitError("the log-normal timestep sampler needs the schedule's SNR")
+        return LogNormalSampler(num_steps, snr, log_sigma_mean, log_sigma_std)
     return TIMESTEP_SAMPLERS[kind](num_steps)

@@ -76,9 +76,11 @@ def validate_train_config(config: RunConfig) -> None:
     if tc.timestep_sampler not in TIMESTEP_SAMPLERS:
         raise DdpmkitError(f"unknown train.timestep_sampler '{tc.timestep_sampler}'; "
                            f"choose one of {', '.join(TIMESTEP_SAMPLERS)}")
-    if tc.timestep_sampler != "uniform" and config.diffusion.variance != "learned_range":
+    if tc.timestep_sampler == "loss-second-moment" and config.diffusion.variance != "learned_range":
         raise DdpmkitError(f"train.timestep_sampler={tc.timestep_sampler} samples t by the size of the L_vlb terms, "
                            "which only a learned variance trains; set diffusion.variance=learned_range or use uniform")
+    if tc.log_sigma_std <= 0:
+        raise DdpmkitError(f"train.log_sigma_std must be positive, got {tc.log_sigma_std}")
     if tc.fid_features not in ("inception", "classifier"):
         raise DdpmkitError(f"train.fid_features must be inception or classifier, not '{tc.fid_features}'")
     if config.lora.base is not None:

@@ -94,7 +94,20 @@ class LogMetrics(Hook):
         trainer.logger.log(trainer.step, **row)
         if trainer.bar is not None:
             trainer.bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}", lr=f"{row['lr']:.1e}")
+            if not trainer.eta_reported:
+                trainer.bar.write(eta_message(meter.steps, rate, trainer.total_steps - trainer.step,
+                                              trainer.config.train.batch_size * trainer.config.train.grad_accum))
+                trainer.eta_reported = True
         meter.restart()
+
+
+def eta_message(steps_measured: int, images_per_s: float, steps_left: int, images_per_step: int) -> str:
+    """One line after the first metric row: the measured speed and the training time it implies on this machine."""
+    seconds = steps_left * images_per_step / max(images_per_s, 1e-9)
+    finish = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+    return (f"speed over the first {steps_measured} steps: {images_per_s:.0f} images/s, "
+            f"{images_per_step / max(images_per_s, 1e-9):.2f} s/step -> about {seconds / 60:.0f} min of training "
+            f"left for {steps_left:,} steps (done near {finish}, plus sample grids and checkpoints)")
 
 
 class SampleGrid(Hook):

@@ -106,7 +106,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.loader) / tc.grad_accum)
         self.total_steps = tc.steps if tc.steps is not None else max(1, round(tc.epochs * self.steps_per_epoch))
         self.timestep_sampler = (None if tc.timestep_sampler == "uniform" else
-                                 make_timestep_sampler(tc.timestep_sampler, self.diffusion.num_steps))
+                                 make_timestep_sampler(tc.timestep_sampler, self.diffusion.num_steps,
+                                                       self.diffusion.schedule.snr.double().cpu().numpy(),
+                                                       tc.log_sigma_mean, tc.log_sigma_std))
         if self.timestep_sampler is not None:  # its loss history is part of the checkpoint: resume stays exact
             self.state.register("timestep_sampler", self.timestep_sampler)
         for name, obj in (extras or {}).items():
@@ -121,6 +123,7 @@ class Trainer:
         self.throughput = Throughput()
         self.last_grad_norm = torch.zeros(())
         self.bar: tqdm | None = None
+        self.eta_reported = False
 
     # the state's parts, by name
     model = property(lambda self: self.state.model)
@@ -190,6 +193,7 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                         disable=not self.progress, dynamic_ncols=True)
         self.throughput.restart()
+        self.eta_reported = False  # the first metric row prints the time this run will take (hooks.eta_message)
         loss = None
         try:
             while self.step < stop:
