@@ -236,3 +236,16 @@ def test_fid_during_training_is_logged_with_its_n(tmp_path):
     images = trainer.sample_ema(8, seed=config.train.sample_seed + 1)
     assert rows[-1]["fid_classifier"] == pytest.approx(reference.fid(classifier(images, progress=False)), rel=1e-6)
     assert rows[0]["fid_classifier"] != rows[-1]["fid_classifier"]  # step 2's model was another one
+
+
+def test_eta_is_printed_once_from_the_first_metric_row(tmp_path, capsys):
+    """The ETA line: speed measured over the first logged steps, and the minutes that speed implies."""
+    from ddpmkit.training.hooks import eta_message
+    line = eta_message(20, 64.0, 1280, 64)  # 1 s/step, 1,280 steps left
+    assert "64 images/s" in line and "1.00 s/step" in line and "about 21 min" in line and "1,280 steps" in line
+    config = tiny_config(6)
+    config.override(["train.log_every=2"])
+    Trainer(config, tmp_path / "r", data=tiny_data(), progress=True).fit()
+    err = capsys.readouterr()
+    printed = [ln for ln in (err.out + err.err).splitlines() if ln.startswith("speed over the first")]
+    assert len(printed) == 1 and "2 steps" in printed[0] and "4 steps" in printed[0]

@@ -1,0 +1,148 @@
+"""Time to quality: FID against training minutes, our default job against diffusers' train_unconditional recipe.
+
+Both train on MNIST on this CPU, back to back in one run, with the same batch (64). Ours is the ``mnist`` preset as
+the default job runs it (1,300 steps). Diffusers' recipe (examples/unconditional_image_generation/
+train_unconditional.py, scaled to 28 px) is expressed in our code, with every setting of that script:
+
+- UNet2DModel with block channels 32/64/128, two res blocks a level, attention at the lowest resolution;
+- linear β (1e-4 … 0.02, T = 1,000), ε-prediction, plain MSE;
+- AdamW lr 1e-4, betas (0.95, 0.999), weight decay 1e-6, 500 warm-up steps then cosine, gradient clip 1.0;
+- EMA with diffusers' warm-up d_t = min(0.9999, 1 − (1 + t)^−¾);
+- DDIM-50 from the EMA weights (its pipeline's default sampler for evaluation here).
+
+It gets the same training minutes as ours: its step count is ours times the ratio of the two recipes' step
+rates, measured interleaved before training. At thirds of each run the EMA weights are snapshotted, and each
+snapshot is scored: N samples (DDIM-50, seed 0), Inception FID against MNIST test[:2000], and the floor (the
+first N training images against the same reference) so the numbers can be read.
+
+    python benchmarks/time_to_quality.py                     # the full comparison (~1 h on 2 cores)
+    python benchmarks/time_to_quality.py --steps 4 --num 20 --no-inception --work /tmp/ttq-smoke   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from harness import Candidate, Judge, diffusers_ema_decay, draw, load_snapshot, train
+
+from ddpmkit.data import load_dataset
+from ddpmkit.models import UNet
+from ddpmkit.training import build_diffusion, build_unet_config
+
+OURS = Candidate("ddpmkit")
+DIFFUSERS = Candidate(
+    "diffusers",
+    ["diffusion.schedule=linear", "diffusion.prediction=eps", "diffusion.min_snr_gamma=null",
+     "train.timestep_sampler=uniform", "train.lr=1e-4", "train.warmup_steps=500", "train.betas=[0.95,0.999]",
+     "train.weight_decay=1e-6", "train.grad_clip=1.0", "train.ema_decay=0.9999"],
+    {"base_channels": 32, "channel_mults": [1, 2, 4], "num_res_blocks": 2, "attention_resolutions": [7],
+     "mid_attention": True},
+    ema_decay_at=diffusers_ema_decay(),
+)
+RESULTS = Path(__file__).parent / "results"
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def step_rates(candidates: list[Candidate], data, rounds: int = 3, steps: int = 3) -> dict[str, float]:
+    """Training steps/s of each candidate's UNet and loss, interleaved so a noisy neighbour slows all alike."""
+    built = {}
+    for cand in candidates:
+        config = cand.config()
+        model = UNet(build_unet_config(config, data))
+        built[cand.name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), build_diffusion(config),
+                            config.train.batch_size)
+    rates: dict[str, list[float]] = {k: [] for k in built}
+    x_all = torch.from_numpy(data.images[:64]).float().permute(0, 3, 1, 2) / 127.5 - 1
+    for _ in range(rounds):
+        for name, (model, opt, diffusion, batch) in built.items():
+            x = x_all[:batch]
+            def step(model=model, opt=opt, diffusion=diffusion, x=x):
+                diffusion.loss(model, x).backward()
+                opt.step()
+                opt.zero_grad()
+            step()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            rates[name].append(steps / (time.perf_counter() - start))
+    return {k: float(np.median(v)) for k, v in rates.items()}
+
+
+def plot(rows: list[dict], floor: float | None, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, style in (("ddpmkit", "o-"), ("diffusers", "s--")):
+        pts = sorted((r["train_seconds"] / 60, r["fid"]) for r in rows if r["recipe"] == name)
+        if pts:
+            ax.plot(*zip(*pts), style, label=f"{name} recipe")
+    if floor is not None:
+        ax.axhline(floor, color="gray", ls=":", label=f"floor (real vs real, N={rows[0]['num']})")
+    ax.set_xlabel("training minutes on this CPU")
+    ax.set_ylabel(f"Inception FID (N={rows[0]['num']}, DDIM-50)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    ax.set_title("MNIST: FID against training time, same CPU, same batch")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=None, help="our steps (default: the preset's 1,300)")
+    p.add_argument("--num", type=int, default=500, help="samples per FID")
+    p.add_argument("--no-inception", action="store_true", help="classifier FID only (smoke tests)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/time_to_quality"))
+    p.add_argument("--out", type=Path, default=RESULTS / "time_to_quality.json")
+    p.add_argument("--plot", type=Path, default=DOCS / "time_to_quality.png")
+    args = p.parse_args()
+    data = load_dataset("mnist", "train", progress=False)
+    rates = step_rates([OURS, DIFFUSERS], data)
+    ours_steps = args.steps or OURS.config().train.steps
+    theirs_steps = max(1, round(ours_steps * rates["diffusers"] / rates["ddpmkit"]))
+    print(f"step rates {rates}; ddpmkit {ours_steps} steps, diffusers {theirs_steps} steps", flush=True)
+    snaps = {OURS.name: train(OURS, args.work / OURS.name, ours_steps, (1 / 3, 2 / 3, 1.0), data=data),
+             DIFFUSERS.name: train(DIFFUSERS, args.work / DIFFUSERS.name, theirs_steps, (1 / 3, 2 / 3, 1.0), data=data)}
+    judge = Judge(inception=not args.no_inception)
+    floor = judge(data.images[:args.num])
+    rows = []
+    for name, rows_of in snaps.items():
+        for snap in rows_of:
+            model, diffusion = load_snapshot(args.work / name, snap["step"])
+            images = draw(model, diffusion, args.num, "ddim", 50)
+            row = {"recipe": name, **snap, **judge(images)}
+            if "fid" not in row:
+                row["fid"] = row["cfid"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    floor_fid = floor.get("fid", floor["cfid"])
+    print(f"\n| recipe | step | images | training min | FID (N={args.num}) | classifier FID | p>0.9 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['recipe']} | {r['step']} | {r['images']:,} | {r['train_seconds'] / 60:.1f} | {r['fid']:.1f} | "
+              f"{r['cfid']:.1f} | {100 * r['confident']:.1f}% |")
+    print(f"floor (train[:{args.num}] vs test[:2000]): FID {floor_fid:.1f}, classifier FID {floor['cfid']:.1f}")
+    # minutes ours needs to match diffusers' final FID (linear interpolation on our curve, from 0 min = no model)
+    theirs_final = [r for r in rows if r["recipe"] == "diffusers"][-1]
+    ours_curve = [(r["train_seconds"] / 60, r["fid"]) for r in rows if r["recipe"] == "ddpmkit"]
+    match = next((m for m, f in ours_curve if f <= theirs_final["fid"]), None)
+    summary = {"cpu_rates_steps_per_s": rates, "num": args.num, "floor": floor, "rows": rows,
+               "ours_first_snapshot_at_or_below_diffusers_final_minutes": match,
+               "diffusers_final_fid": theirs_final["fid"], "diffusers_minutes": theirs_final["train_seconds"] / 60,
+               "torch_threads": torch.get_num_threads()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1))
+    plot(rows, floor_fid, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

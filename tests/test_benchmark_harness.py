@@ -1,0 +1,75 @@
+"""The recipe harness the benchmarks share (benchmarks/harness.py), run for real at toy size: the recipe table
+(what CI runs of it), time-to-quality and the recipe search, each writing its JSON with every row scored."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_cached
+
+from ddpmkit.data.named import cached_path
+from ddpmkit.eval.classifier import classifier_is_cached
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the scripts import their harness as a sibling module; so do these tests
+pytest.importorskip("matplotlib")
+
+
+def _run(script: str, *args: str, cwd: Path) -> str:
+    require_cached(classifier_is_cached() and Path(cached_path("mnist")).exists(), "MNIST and its classifier")
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_recipe_table_tiny(tmp_path):
+    """Every recipe of the table trains, is sampled and scored, and gets a finite bound in bits/dim."""
+    out = tmp_path / "table.json"
+    stdout = _run("recipe_table.py", "--preset", "tiny", "--steps", "3", "--num", "16", "--no-inception",
+                  "--nll-num", "4", "--nll-steps", "4", "--work", str(tmp_path / "w"), "--out", str(out), cwd=tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    from recipe_table import RECIPES
+    assert [r["recipe"] for r in rows] == list(RECIPES)
+    for r in rows:
+        assert r["step"] == 3 and r["num"] == 16 and r["nll_num"] == 4 and r["nll_terms"] == 5
+        assert math.isfinite(r["bits_per_dim"]) and r["bits_per_dim"] > 0 and math.isfinite(r["cfid"])
+        assert 0 <= r["confident"] <= 1
+    assert "| learned variance |" in stdout
+    # the one-factor recipes really differ from the preset where the tiny preset differs from them
+    by_name = {r["recipe"]: r for r in rows}
+    assert by_name["linear schedule"]["bits_per_dim"] != by_name["preset"]["bits_per_dim"]
+
+
+def test_time_to_quality_smoke(tmp_path):
+    """Both recipes train for equal minutes (steps from the measured step rates) and every snapshot is scored."""
+    out, plot = tmp_path / "ttq.json", tmp_path / "ttq.png"
+    _run("time_to_quality.py", "--steps", "3", "--num", "12", "--no-inception", "--work", str(tmp_path / "w"),
+         "--out", str(out), "--plot", str(plot), cwd=tmp_path)
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    ours = [r for r in rows if r["recipe"] == "ddpmkit"]
+    theirs = [r for r in rows if r["recipe"] == "diffusers"]
+    assert [r["step"] for r in ours] == [1, 2, 3] and theirs
+    rates = result["cpu_rates_steps_per_s"]
+    assert theirs[-1]["step"] == max(1, round(3 * rates["diffusers"] / rates["ddpmkit"]))
+    assert all(r["train_seconds"] > 0 and math.isfinite(r["fid"]) for r in rows)
+    assert plot.stat().st_size > 10_000
+
+
+def test_recipe_search_smoke(tmp_path):
+    """One candidate: the EMA snapshot at half and end, and every extra EMA scored at the end."""
+    work = tmp_path / "w"
+    _run("recipe_search.py", "--only", "edm", "--steps", "4", "--num", "12", "--work", str(work), cwd=tmp_path)
+    scores = json.loads((work / "edm" / "score.json").read_text())["scores"]
+    from recipe_search import EXTRA_EMAS
+    assert [(s["step"], s["weights"]) for s in scores] == [(2, "ema")] + [(4, w) for w in sorted(["ema", *EXTRA_EMAS])]
+    config = json.loads((work / "edm" / "candidate.json").read_text())["config"]
+    assert config["train"]["timestep_sampler"] == "log-normal" and config["diffusion"]["min_snr_gamma"] is None
+
