@@ -74,13 +74,10 @@ class Snapshots(Hook):
 
     def __call__(self, trainer: Trainer) -> None:
         entered = time.perf_counter()
-        if not self.extras:
+        if not self.extras:  # built after the first step, then updated with it, as the main EMA was
             self.extras = {k: EMA(trainer.model, d, w) for k, (d, w) in self.extra_spec.items()}
-            for ema in self.extras.values():  # they have seen the first step, as the main EMA has
-                ema.update(trainer.model)
-        else:
-            for ema in self.extras.values():
-                ema.update(trainer.model)
+        for ema in self.extras.values():
+            ema.update(trainer.model)
         if trainer.step in self.at_steps:
             seconds = entered - self.start - self.hook_seconds
             folder = self.out_dir / f"step{trainer.step:06d}"
