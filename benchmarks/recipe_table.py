@@ -24,7 +24,7 @@ from harness import Candidate, Judge, draw, load_snapshot, train
 from ddpmkit.eval.nll import evaluate_nll
 
 RECIPES = {
-    "preset": [],                        # cosine, v-prediction, min-SNR-5, log-normal t (median σ 1), fixed variance
+    "preset": [],                                               # cosine, v-prediction, min-SNR-5, fixed variance
     "linear schedule": ["diffusion.schedule=linear"],
     "sigmoid schedule": ["diffusion.schedule=sigmoid"],
     "eps-prediction": ["diffusion.prediction=eps"],
