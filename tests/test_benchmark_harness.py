@@ -73,3 +73,23 @@ def test_recipe_search_smoke(tmp_path):
     config = json.loads((work / "edm" / "candidate.json").read_text())["config"]
     assert config["train"]["timestep_sampler"] == "log-normal" and config["diffusion"]["min_snr_gamma"] is None
 
+
+
+def test_clip_denoised_smoke(tmp_path):
+    """The clipping comparison samples a run both ways from the same noise and scores every setting."""
+    from ddpmkit.cli import main
+
+    require_cached(classifier_is_cached() and Path(cached_path("mnist")).exists(), "MNIST and its classifier")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", "mnist", "--steps", "2", "--no-progress", "--device", "cpu",
+                 "--out", str(run)]) == 0
+    out = tmp_path / "clip.json"
+    stdout = _run("clip_denoised.py", str(run), "--num", "16", "--ref-num", "100", "--out", str(out), "--configs",
+                  "ddim:trailing:5:clip", "ddim:trailing:5:noclip", "ddim:trailing:4+0:clip", cwd=tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["ddim:trailing:5:clip", "ddim:trailing:5:noclip", "ddim:trailing:4+0:clip"]
+    for r in rows:
+        assert r["num"] == 16 and math.isfinite(r["cfid"])
+        assert 0 <= r["zero"] + r["1-2"] + r["3-10"] + r["11-40"] <= 1
+    assert rows[0]["cfid"] != rows[1]["cfid"]  # clipping changed the images of a barely trained model
+    assert "wrote" in stdout

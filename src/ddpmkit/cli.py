@@ -48,6 +48,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", choices=SPACINGS,
                    help="timesteps: trailing (default; ddpm: linspace), logsnr (λ-uniform), karras, linspace, leading")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip x̂₀ to [-1, 1] at every step (default: as the run's preset says)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
     p.add_argument("--guidance", type=float,
@@ -224,7 +226,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     images = pipe.generate(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
                            spacing=args.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
-                           progress=True, callback=callback)
+                           progress=True, callback=callback, clip_denoised=args.clip)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=nrow, row_labels=row_labels)
     written = [str(args.out)]

@@ -44,6 +44,7 @@ class DiffusionConfig:
     loss_type: str = "mse"               # mse or l1
     min_snr_gamma: float | None = None   # min-SNR-γ weighting (Hang et al. 2023 use 5)
     zero_terminal_snr: bool = False      # rescale the schedule to SNR_T = 0 (needs prediction v)
+    clip_denoised: bool = True           # clip x̂_0 to [-1, 1] at every sampling step (saved with the run)
 
 
 @dataclass

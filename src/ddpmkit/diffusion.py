@@ -113,6 +113,10 @@ class Diffusion:
         loss_type: "mse" (default) or "l1" on the prediction target.
         min_snr_gamma: γ for min-SNR-γ loss weighting (Hang et al. 2023; 5 is their default), or None.
         vlb_weight: λ of the hybrid loss L_simple + λ L_vlb when the variance is learned (Nichol & Dhariwal: 0.001).
+        clip_denoised: clip x̂_0 to the data range [-1, 1] at every sampling step (DDPM's habit, the default), or
+            leave it as predicted; what a sampler does when its caller does not say. Clipping is biased where the
+            data sit on the boundary: clamp(x̂_0) ≥ x̂_0, so on MNIST's black background (82% of pixels exactly -1)
+            it lifts every step's x̂_0 and leaves a faint haze (benchmarks/results/clip_denoised.json).
     """
 
     def __init__(
@@ -123,8 +127,10 @@ class Diffusion:
         loss_type: str = "mse",
         min_snr_gamma: float | None = None,
         vlb_weight: float = 0.001,
+        clip_denoised: bool = True,
     ):
         self.schedule = schedule
+        self.clip_denoised = bool(clip_denoised)
         self.prediction = _enum(Prediction, prediction, "prediction target")
         self.variance = _enum(Variance, variance, "variance")
         self.loss_type = _enum(LossType, loss_type, "loss type")
@@ -159,8 +165,8 @@ class Diffusion:
     def __repr__(self) -> str:
         spaced = f", respaced from {int(self.timesteps[-1]) + 1}" if self.is_respaced else ""
         return (f"Diffusion({self.schedule!r}, prediction={self.prediction.value}, "
-                f"variance={self.variance.value}, loss={self.loss_type.value}, min_snr_gamma={self.min_snr_gamma}"
-                f"{spaced})")
+                f"variance={self.variance.value}, loss={self.loss_type.value}, min_snr_gamma={self.min_snr_gamma}, "
+                f"clip_denoised={self.clip_denoised}{spaced})")
 
     @property
     def is_respaced(self) -> bool:
@@ -186,7 +192,7 @@ class Diffusion:
         schedule = NoiseSchedule.from_alphas_cumprod(self.schedule.alphas_cumprod[kept], "respaced",
                                                      {"of": self.schedule.kind, "steps": int(kept.numel())})
         spaced = Diffusion(schedule, self.prediction.value, self.variance.value, self.loss_type.value,
-                           self.min_snr_gamma, self.vlb_weight)
+                           self.min_snr_gamma, self.vlb_weight, self.clip_denoised)
         spaced.timesteps = self.timesteps[kept]
         return spaced
 
@@ -270,7 +276,7 @@ class Diffusion:
         model_output: Tensor,
         x_t: Tensor,
         t: Tensor,
-        clip_denoised: bool = True,
+        clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
     ) -> ReverseStep:
         """p(x_{t-1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²) for the model's output at x_t (t indexes this process).
@@ -280,10 +286,11 @@ class Diffusion:
 
             log σ_t² = f log β_t + (1 − f) log β̃_t,
 
-        with β and β̃ of this (possibly respaced) process. x̂_0 is optionally clipped to [-1, 1] or dynamically
-        thresholded (Imagen); ε̂ is then recomputed from the clipped x̂_0 so that every sampler sees a consistent
-        pair.
+        with β and β̃ of this (possibly respaced) process. x̂_0 is optionally clipped to [-1, 1] (``clip_denoised``;
+        None: this process's ``clip_denoised``) or dynamically thresholded (Imagen); ε̂ is then recomputed from the
+        clipped x̂_0 so that every sampler sees a consistent pair.
         """
+        clip_denoised = self.clip_denoised if clip_denoised is None else clip_denoised
         channels = x_t.shape[1]
         if self.learns_variance and model_output.shape[1] != 2 * channels:
             raise DdpmkitError(f"a learned variance needs {2 * channels} output channels (prediction and variance), "
@@ -434,6 +441,8 @@ class Diffusion:
                 "min_snr_gamma": self.min_snr_gamma}
         if self.learns_variance:
             spec["vlb_weight"] = self.vlb_weight
+        if not self.clip_denoised:  # written only when off: earlier checkpoints (no key) clip, as they always did
+            spec["clip_denoised"] = False
         return spec
 
     @classmethod

@@ -305,7 +305,7 @@ def sample_loop(
     step: Callable[..., Tensor],
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | None = None,
     dynamic_threshold: float | None = None,
 ) -> Tensor:
     """Walk ``timesteps`` (any subset of 0..T-1) from x = x_T with one step rule; returns x_0."""
@@ -331,8 +331,8 @@ def _run(sampler: str, model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps
 
 
 def ddpm(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-         generator: torch.Generator | None = None, callback: Callback | None = None, clip_denoised: bool = True,
-         dynamic_threshold: float | None = None) -> Tensor:
+         generator: torch.Generator | None = None, callback: Callback | None = None,
+         clip_denoised: bool | None = None, dynamic_threshold: float | None = None) -> Tensor:
     """Ancestral sampling over all T steps, or over ``steps`` linspace-spaced ones (see :class:`DDPMStep`)."""
     return _run("ddpm", model_fn, diffusion, x, steps, 0.0, None, generator=generator, callback=callback,
                 clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
@@ -340,14 +340,14 @@ def ddpm(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None =
 
 def ddim(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None, eta: float = 0.0,
          spacing: str = "trailing", generator: torch.Generator | None = None, callback: Callback | None = None,
-         clip_denoised: bool = True, dynamic_threshold: float | None = None) -> Tensor:
+         clip_denoised: bool | None = None, dynamic_threshold: float | None = None) -> Tensor:
     """DDIM with η on ``steps`` (default 50) timesteps (see :class:`DDIMStep`)."""
     return _run("ddim", model_fn, diffusion, x, steps, eta, spacing, generator=generator, callback=callback,
                 clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
 def dpmpp_2m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool = True,
+             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool | None = None,
              dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """DPM-Solver++(2M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver2MStep`); deterministic."""
     return _run("dpm++2m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
@@ -355,7 +355,7 @@ def dpmpp_2m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | No
 
 
 def dpmpp_3m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool = True,
+             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool | None = None,
              dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """DPM-Solver++(3M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver3MStep`); deterministic."""
     return _run("dpm++3m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
@@ -473,7 +473,7 @@ def sample(
     uncond_kwargs: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    clip_denoised: bool = True,
+    clip_denoised: bool | None = None,
     dynamic_threshold: float | None = None,
     x_T: Tensor | None = None,
     device: torch.device | str | None = None,
@@ -484,7 +484,8 @@ def sample(
     ``model(x, t, **model_kwargs)`` is any callable (a UNet, a wrapper, an analytic model); ``model_kwargs``
     carries the condition, e.g. ``{"labels": y}``. ``guidance`` ≠ 1 enables classifier-free guidance. Steps
     default per sampler (:data:`SAMPLER_DEFAULTS`). ``autocast_dtype`` (e.g. torch.bfloat16) runs the model
-    under autocast while the sampler's arithmetic stays in float32. Returns float32 images, nominally in [-1, 1].
+    under autocast while the sampler's arithmetic stays in float32. ``clip_denoised`` (x̂_0 clipped to [-1, 1] at
+    every step) defaults to the diffusion's own setting. Returns float32 images, nominally in [-1, 1].
     """
     settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
     device = model_device(model, device, x_T)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..errors import DdpmkitError
@@ -23,6 +24,8 @@ def _parser():
                         "dpm++2m:karras (logsnr, karras, trailing, linspace, leading)")
     p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts")
     p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip x̂₀ to [-1, 1] at every step (default: as the run's preset says)")
     p.add_argument("--guidance", help="comma-separated classifier-free guidance scales to sweep, e.g. 0,1,2,3,5 "
                                       "(conditional runs: class-balanced labels, accuracy of the requested class)")
     p.add_argument("--metrics", help="comma-separated from fid, kid, cfid, classes (default: by data set)")
@@ -92,6 +95,7 @@ def eval_main(argv: list[str]) -> int:
         guidance=_numbers(args.guidance, "guidance", float) if args.guidance else None,
         metrics=_names(args.metrics) if args.metrics else None, ref_num=args.ref_num, ref_split=args.ref_split,
         seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
+        clip_denoised=args.clip,
         inception_path=args.inception, out=args.out)
     print(result.markdown)
     print("wrote " + ", ".join(str(p) for p in result.paths.values()))

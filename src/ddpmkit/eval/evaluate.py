@@ -66,6 +66,7 @@ def evaluate_run(
     inception_path: str | Path | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    clip_denoised: bool | None = None,
 ) -> EvalResult:
     """Sample ``run`` (a run folder, its checkpoints/ folder or one checkpoint) with every sampler x steps
     setting, score each set of ``num`` images, and write sweep.json, sweep.md and sweep.png.
@@ -74,6 +75,7 @@ def evaluate_run(
     scale, with class-balanced labels, and the class accuracy is the share classified as the requested label).
     ``metrics``: from fid, kid (Inception), cfid, classes (MNIST classifier); default by data set. The
     reference is the first ``ref_num`` images of ``ref_split`` ("train" when the data set has no such split).
+    ``clip_denoised``: clip x̂_0 to [-1, 1] at every step (None: as the run was trained; recorded in each row).
     The report goes to ``out``, else the run folder's eval/ (``RunFolder.eval_dir``).
     """
     from ..atomic import check_writable
@@ -140,12 +142,14 @@ def evaluate_run(
         s = settings[sampler, n_steps]
         images = pipe.generate(count, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=seed, spacing=s.spacing,
                                labels=None if labels is None else labels[:count].tolist(), guidance=guidance,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=progress, clip_denoised=clip_denoised)
         return {"images": images, "nfe": s.steps, "labels": None if labels is None else labels[:count]}
 
     sweep = [{"sampler": spec, "steps": s.steps, **({} if w is None else {"guidance": w})}
              for spec, s in checked for w in guidance]
     rows = run_sweep(generate, sweep, num, references,
                      metrics, seed=seed, inception=inception, classifier=classifier, progress=progress)
+    clipped = pipe.diffusion.clip_denoised if clip_denoised is None else clip_denoised
+    rows = [{**row, "clip_denoised": clipped} for row in rows]  # which way x̂_0 was treated, beside each score
     paths = write_sweep_report(rows, report_dir)
     return EvalResult(rows, paths)

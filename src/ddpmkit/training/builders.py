@@ -23,7 +23,7 @@ def build_diffusion(config: RunConfig) -> Diffusion:
     d = config.diffusion
     schedule = NoiseSchedule.from_name(d.schedule, d.num_steps, zero_terminal_snr=d.zero_terminal_snr)
     return Diffusion(schedule, prediction=d.prediction, variance=d.variance, loss_type=d.loss_type,
-                     min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight)
+                     min_snr_gamma=d.min_snr_gamma, vlb_weight=d.vlb_weight, clip_denoised=d.clip_denoised)
 
 
 def build_unet_config(config: RunConfig, data: ImageArray) -> UNetConfig:
