@@ -13,7 +13,7 @@ from ddpmkit import Diffusion, NoiseSchedule
 from ddpmkit.cli import main
 from ddpmkit.config import load_preset
 from ddpmkit.pipeline import Pipeline
-from ddpmkit.sampling import sample
+from ddpmkit.sampling import SAMPLERS, sample
 from ddpmkit.training import build_diffusion
 from ddpmkit.viz import to_uint8
 
@@ -45,7 +45,7 @@ def test_p_mean_variance_follows_the_setting_unless_told():
     assert on.p_mean_variance(pred, x_t, t, clip_denoised=False).x0.min() > 3.0
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "dpm++3m"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_takes_its_default_from_the_diffusion(sampler):
     off = Diffusion(NoiseSchedule.cosine(100), clip_denoised=False)
     on = Diffusion(NoiseSchedule.cosine(100))

@@ -18,7 +18,7 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.models import UNet, UNetConfig
 from ddpmkit.models.layers import CrossAttention, CrossAttentionBlock
 from ddpmkit.pipeline import Pipeline
-from ddpmkit.sampling import NULL_LABEL
+from ddpmkit.sampling import NULL_LABEL, SAMPLERS
 
 
 def _randomise(module: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
@@ -290,7 +290,7 @@ def test_a_folder_of_class_sub_folders_trains_a_conditional_model(tmp_path):
     assert code == 0 and "4 images" in out, err
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++2m", "dpm++3m"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_guidance_works_with_every_sampler(sampler):
     """w = 1 is the conditional model and w = 0 the unconditional one, exactly, whatever the sampler."""
     from ddpmkit.diffusion import Diffusion

@@ -10,6 +10,7 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.sampling import (
     NULL_LABEL,
     SAMPLER_DEFAULTS,
+    UniPCStep,
     check_sampler_args,
     ddim,
     ddpm,
@@ -237,7 +238,8 @@ def test_any_callable_model_samples_without_parameters_and_the_device_comes_from
 
 
 def test_one_default_step_count_per_sampler_and_one_validation():
-    assert {k: v.steps for k, v in SAMPLER_DEFAULTS.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20, "dpm++3m": 20}
+    assert {k: v.steps for k, v in SAMPLER_DEFAULTS.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20, "dpm++3m": 20,
+                                                                     "unipc": 10}
     assert check_sampler_args("ddpm", None, 0.0, 1000).steps == 1000
     assert check_sampler_args("ddim", None, 0.0, 1000).steps == 50
     assert check_sampler_args("ddim", None, 0.0, 30).steps == 30  # a default beyond T is cut to T
@@ -359,7 +361,14 @@ PINNED_RMS = {("ddim", "logsnr"): [5.926560e-02, 2.984726e-02, 1.495099e-02, 7.2
               ("dpm++2m", "logsnr"): [7.333827e-03, 1.882246e-03, 4.569507e-04, 1.060915e-04],
               ("dpm++3m", "logsnr"): [4.081663e-03, 7.438003e-04, 1.607961e-04, 2.929358e-05],
               ("dpm++2m", "karras"): [2.608891e-02, 5.824919e-03, 1.324646e-03, 3.191485e-04],
-              ("dpm++3m", "karras"): [3.924599e-04, 6.327462e-04, 2.597078e-04, 7.060713e-05]}
+              ("dpm++3m", "karras"): [3.924599e-04, 6.327462e-04, 2.597078e-04, 7.060713e-05],
+              ("unipc", "logsnr"): [4.803425e-03, 6.252265e-04, 8.613516e-05, 2.337556e-05],
+              ("unipc3", "logsnr"): [3.648868e-04, 2.882876e-05, 6.669463e-06, 8.708706e-06]}
+
+
+def step_rule(name):
+    """A sampler's step rule; "unipc3" is UniPC of order 3, which only Python reaches (UniPCStep(order=3))."""
+    return UniPCStep(order=3) if name == "unipc3" else make_step(name)
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +383,7 @@ def oracle_runs():
         errors[sampler, spacing] = []
         for n in ORDER_STEPS:
             ts = timestep_spacing(1000, n, spacing, d.schedule.alphas_cumprod)
-            out = sample_loop(oracle_eps(d), d, x_T.clone(), ts, make_step(sampler), clip_denoised=False)
+            out = sample_loop(oracle_eps(d), d, x_T.clone(), ts, step_rule(sampler), clip_denoised=False)
             errors[sampler, spacing].append((out - reference).pow(2).mean().sqrt().item())
     return errors
 
@@ -390,6 +399,54 @@ def test_errors_fall_at_each_solvers_order(oracle_runs):
     # to about 2 (measured 2.5, 2.2, 2.5); it is the most accurate at every step count on λ-uniform steps
     assert all(2.0 < p < 3.2 for p in _orders(oracle_runs["dpm++3m", "logsnr"]))
     assert all(e3 < e2 / 1.5 for e2, e3 in zip(oracle_runs["dpm++2m", "logsnr"], oracle_runs["dpm++3m", "logsnr"]))
+
+
+def test_unipc_corrector_gains_an_order(oracle_runs):
+    """UniPC-2 (a second-order predictor and its corrector) is third order; UniPC-3 more accurate still, until the
+    reference's own error (about 1e-5) is reached at 80 steps."""
+    unipc, unipc3 = oracle_runs["unipc", "logsnr"], oracle_runs["unipc3", "logsnr"]
+    assert all(2.6 < p < 3.3 for p in _orders(unipc)[:2])  # measured 2.94, 2.86
+    assert all(u < e / 1.5 for u, e in zip(unipc[:3], oracle_runs["dpm++2m", "logsnr"][:3]))
+    assert all(u3 < u / 3 for u3, u in zip(unipc3[:2], unipc[:2]))
+
+
+def test_unipc_matches_diffusers():
+    """The same oracle through diffusers' UniPCMultistepScheduler (bh2, x̂_0 form, lower order at the end,
+    trailing steps, σ = 0 at the end): the same samples up to its float32 schedule."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers (the bench extra) is the reference for UniPC")
+    d = Diffusion(NoiseSchedule.linear(1000))
+    x_T = torch.randn(200, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for sampler, order in [("unipc", 2), ("unipc3", 3)]:
+        for steps in (5, 12):
+            scheduler = diffusers.UniPCMultistepScheduler(
+                num_train_timesteps=1000, beta_schedule="linear", solver_order=order, predict_x0=True,
+                solver_type="bh2", lower_order_final=True, timestep_spacing="trailing", final_sigmas_type="zero")
+            scheduler.set_timesteps(steps)
+            theirs = x_T.clone()
+            for t in scheduler.timesteps:
+                eps = oracle_eps(d)(theirs, torch.full((len(theirs),), int(t)))
+                theirs = scheduler.step(eps, t, theirs).prev_sample
+            ts = timestep_spacing(1000, steps, "trailing")
+            assert ts.tolist() == scheduler.timesteps.tolist()
+            ours = sample_loop(oracle_eps(d), d, x_T.clone(), ts, step_rule(sampler), clip_denoised=False)
+            assert (ours - theirs).abs().max() < 1e-6, (sampler, steps)
+
+
+def test_unipc_from_zero_terminal_snr_and_through_sample():
+    d = Diffusion(NoiseSchedule.cosine(1000).rescale_zero_terminal_snr(), prediction="v")
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = sample_loop(oracle_prediction(d), d, x_T.clone(), timestep_spacing(1000, 500, "trailing"),
+                        make_step("dpm++2m"), clip_denoised=False)
+    for sampler in ("unipc", "unipc3"):
+        out = sample_loop(oracle_prediction(d), d, x_T.clone(), timestep_spacing(1000, 20, "trailing"),
+                          step_rule(sampler), clip_denoised=False)
+        assert torch.isfinite(out).all() and (out - exact).pow(2).mean().sqrt() < 0.01, sampler
+    steps = []
+    out = sample(lambda x, t: 0.5 * x, d, (2, 1, 4, 4), sampler="unipc", generator=torch.Generator().manual_seed(0),
+                 callback=lambda s: steps.append(s.t))
+    assert torch.isfinite(out).all() and len(steps) == SAMPLER_DEFAULTS["unipc"].steps and steps[0] == 999
+    with pytest.raises(DdpmkitError, match="UniPC order"):
+        UniPCStep(order=4)
 
 
 def test_few_step_sampler_errors_are_pinned(oracle_runs):

@@ -118,8 +118,8 @@ class Pipeline:
         """``num`` images as uint8 (N, H, W, C) (or float (N, C, H, W) in [-1, 1] with ``return_tensor``).
 
         ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
-        with one row per image. Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, ddpm all T), and so
-        does the timestep ``spacing`` (trailing; also linspace, leading, logsnr, karras); ``clip_denoised`` (x̂_0
+        with one row per image. Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, unipc 10, ddpm all T),
+        and so does the timestep ``spacing`` (trailing; also linspace, leading, logsnr, karras); ``clip_denoised`` (x̂_0
         clipped to [-1, 1] at every step) defaults to what the run was trained with. The initial noise
         comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
         samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.

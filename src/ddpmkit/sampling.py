@@ -12,6 +12,8 @@ The step rules (all on the respaced process, where "previous" means index i - 1 
   the respaced chain of Nichol & Dhariwal 2021, section 4.
 - ``ddim``: Song et al. 2021, eq. 12, with η ∈ [0, 1]; deterministic for η = 0.
 - ``dpm++2m``: DPM-Solver++(2M) (Lu et al. 2022), second-order multistep in x̂_0 space.
+- ``dpm++3m``: its third-order multistep sibling.
+- ``unipc``: UniPC (Zhao et al. 2023), a second-order predictor with its corrector (third order, same cost).
 
 After every step ``callback`` receives one :class:`SamplerStep` record (i, t, x, x̂_0, ε̂, …): new fields can be
 added without breaking callers. Conditioning travels as ``model_kwargs`` (improved-diffusion's name): labels,
@@ -57,6 +59,9 @@ SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
     "dpm++2m": SamplerDefaults(steps=20, spacing="trailing"),  # Lu et al. 2022: 15-20 steps for good samples
     # trailing, measured: on the cosine mnist run λ-uniform steps crowd near T (classifier FID at 10 NFE 864 vs 748)
     "dpm++3m": SamplerDefaults(steps=20, spacing="trailing"),
+    # UniPC-2 (Zhao et al. 2023), measured on the mnist default job (Inception FID, N = 500): 38.4 at 10 steps
+    # against DDIM-50's 36.6 (DPM-Solver++(2M)-10 45.8); order 3 gave the same (38.3), so only order 2 is named
+    "unipc": SamplerDefaults(steps=10, spacing="trailing"),
 }
 SAMPLERS = tuple(SAMPLER_DEFAULTS)
 
@@ -153,6 +158,11 @@ def _snr_spacing(alphas_cumprod: Tensor, steps: int, spacing: str) -> Tensor:
     return torch.tensor(ts, dtype=torch.float64)
 
 
+def _lambda(alpha_cumprod: float) -> float:
+    """λ = log(α/σ) = ½ log(ᾱ/(1 - ᾱ)); -∞ at SNR 0."""
+    return 0.5 * math.log(alpha_cumprod / (1.0 - alpha_cumprod)) if alpha_cumprod > 0 else -math.inf
+
+
 # ----- the step rules ---------------------------------------------------------------------------------------
 
 class DDPMStep:
@@ -199,15 +209,11 @@ class DPMSolver2MStep:
         self.x0_prev: Tensor | None = None
         self.h_prev: float | None = None
 
-    @staticmethod
-    def _lambda(alpha_cumprod: float) -> float:
-        return 0.5 * math.log(alpha_cumprod / (1.0 - alpha_cumprod)) if alpha_cumprod > 0 else -math.inf  # SNR 0
-
     def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
         if i == 0:
             return out.x0
         a_t, a_s = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
-        h = self._lambda(a_s) - self._lambda(a_t)
+        h = _lambda(a_s) - _lambda(a_t)
         if self.x0_prev is None:
             d = out.x0
         else:
@@ -237,7 +243,7 @@ class DPMSolver3MStep(DPMSolver2MStep):
         if i == 0:
             return out.x0
         a_t, a_s = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
-        h = self._lambda(a_s) - self._lambda(a_t)
+        h = _lambda(a_s) - _lambda(a_t)
         x_next = (math.sqrt(1 - a_s) / math.sqrt(1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * out.x0
         if self.history and math.isfinite(h):
             phi_2 = math.expm1(-h) / h + 1
@@ -256,6 +262,83 @@ class DPMSolver3MStep(DPMSolver2MStep):
         return x_next
 
 
+class UniPCStep:
+    """UniPC (Zhao et al. 2023) in x̂_0 form with B(h) = e^{-h} - 1 ("bh2", diffusers' default), order p.
+
+    With λ = log(α/σ), the current index s, the next t, h = λ_t - λ_s, and the x̂_0 of earlier steps k at
+    r_k = (λ_k - λ_s)/h (negative), D_k = (x̂_0,k - x̂_0,s)/r_k:
+
+        predictor UniP-p:  x_t = (σ_t/σ_s) x_s - α_t (e^{-h} - 1) x̂_0,s - α_t B(h) Σ_k a_k D_k      (p - 1 terms)
+        corrector UniC-p:  x_s ← the same map from the step before, with Σ_k c_k D_k + c_p (x̂_0,t - x̂_0,s),
+                           where x̂_0,t is the model at the uncorrected point (the evaluation the step needs anyway)
+
+    a solves the first p - 1 rows of R a = b (a = ½ when p = 2) and c all p rows (c = ½ when p = 1), with
+    R_ik = r_k^(i-1) (r_p = 1) and b_i = i! (-h) φ_{i+1}(-h) / B(h), φ_1(z) = (e^z - 1)/z,
+    φ_{k+1}(z) = (φ_k(z) - 1/k!)/z (UniPC, algorithms 1-2 and appendix; diffusers' ``multistep_uni_p/c_bh_update``).
+    UniPC-p costs what DPM-Solver++(pM) costs and gains one order of accuracy from the corrector. It warms up at
+    lower order, lowers the order to the steps left near the end (diffusers' ``lower_order_final``), and the last
+    step returns the model's x̂_0 (σ = 0), uncorrected, as diffusers' does. One instance per run.
+    """
+
+    def __init__(self, order: int = 2) -> None:
+        if order not in (1, 2, 3):
+            raise DdpmkitError(f"UniPC order must be 1, 2 or 3, got {order}")
+        self.order = order
+        self.history: list[tuple[Tensor, float]] = []  # (x̂_0, ᾱ) of the steps so far, newest first
+        self.last: tuple[Tensor, float, int] | None = None  # the last step's (corrected) start x, its ᾱ, its order
+
+    @staticmethod
+    def _b(h: float, rows: int) -> tuple[list[float], float]:
+        """b_1..b_rows and B(h) = e^{-h} - 1."""
+        hh = -h
+        b_h = math.expm1(hh)
+        h_phi, factorial, b = math.expm1(hh) / hh - 1, 1, []  # h_phi = hh φ_{i+1}(hh), from i = 1
+        for i in range(1, rows + 1):
+            b.append(h_phi * factorial / b_h)
+            factorial *= i + 1
+            h_phi = h_phi / hh - 1 / factorial
+        return b, b_h
+
+    def _update(self, x: Tensor, a_s: float, a_t: float, x0_s: Tensor, earlier: list[tuple[Tensor, float]],
+                x0_t: Tensor | None = None) -> Tensor:
+        """UniP (``x0_t`` None) or UniC from (x, ᾱ_s) to ᾱ_t; ``earlier``: the (x̂_0, ᾱ) before x0_s, newest first."""
+        lam_s, lam_t = _lambda(a_s), _lambda(a_t)
+        h = lam_t - lam_s
+        x_t = math.sqrt((1 - a_t) / (1 - a_s)) * x - math.sqrt(a_t) * math.expm1(-h) * x0_s
+        rks = [(_lambda(a_k) - lam_s) / h for _, a_k in earlier]
+        diffs = [(x0_k - x0_s) / r for (x0_k, _), r in zip(earlier, rks)]
+        rows = len(rks) + 1
+        b, b_h = self._b(h, rows)
+        R = torch.tensor([[r ** (i - 1) for r in [*rks, 1.0]] for i in range(1, rows + 1)], dtype=torch.float64)
+        b = torch.tensor(b, dtype=torch.float64)
+        if x0_t is None:
+            if not diffs:
+                return x_t  # first order: DDIM
+            rhos = [0.5] if rows == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+            return x_t - math.sqrt(a_t) * b_h * sum(rho * d for rho, d in zip(rhos, diffs))
+        rhos = [0.5] if rows == 1 else torch.linalg.solve(R, b).tolist()
+        correction = sum((rho * d for rho, d in zip(rhos[:-1], diffs)), torch.zeros_like(x))
+        return x_t - math.sqrt(a_t) * b_h * (correction + rhos[-1] * (x0_t - x0_s))
+
+    def _earlier(self) -> list[tuple[Tensor, float]]:
+        """The x̂_0 before the newest, where λ is finite (a step from SNR 0 has no place in the fit)."""
+        return [entry for entry in self.history[1:] if 0.0 < entry[1] < 1.0]
+
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+        if i == 0:
+            return out.x0
+        a_t, a_next = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
+        if self.last is not None:  # UniC: redo the last step with the model's x̂_0 at its end
+            x_prev, a_prev, order = self.last
+            x = self._update(x_prev, a_prev, a_t, self.history[0][0], self._earlier()[:order - 1], out.x0)
+        self.history = [(out.x0, a_t), *self.history][:self.order]
+        if a_t <= 0.0:  # from SNR 0 the first step is DDIM's, x = √ᾱ_next x̂_0 + √(1 - ᾱ_next) ε̂; no corrector after
+            return math.sqrt(a_next) * out.x0 + math.sqrt(1 - a_next) * out.eps
+        order = min(self.order, 1 + len(self._earlier()), i + 1)  # warm-up; near the end the i + 1 steps left
+        self.last = (x, a_t, order)
+        return self._update(x, a_t, a_next, out.x0, self._earlier()[:order - 1])
+
+
 def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
     """A fresh step rule for one sampling run."""
     if sampler == "ddpm":
@@ -266,6 +349,8 @@ def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
         return DPMSolver2MStep()
     if sampler == "dpm++3m":
         return DPMSolver3MStep()
+    if sampler == "unipc":
+        return UniPCStep(order=2)
     raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
 
 

@@ -29,7 +29,7 @@ MAX_IMAGES = 64  # a grid a browser shows at once; more is `ddpmkit sample`'s jo
 MAX_GUIDANCE = 20.0
 MAX_SEED = 2**31 - 1
 ALL_CLASSES = "one of each class"  # the label choice that cycles through the classes
-FAST_SAMPLER = "dpm++2m"  # the demo's default: good digits in 20 model evaluations
+FAST_SAMPLER = "unipc"  # the demo's default: DDIM-50's quality within 5% in 10 model evaluations (README)
 
 
 class Cancelled(Exception):
