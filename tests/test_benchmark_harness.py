@@ -93,3 +93,25 @@ def test_clip_denoised_smoke(tmp_path):
         assert 0 <= r["zero"] + r["1-2"] + r["3-10"] + r["11-40"] <= 1
     assert rows[0]["cfid"] != rows[1]["cfid"]  # clipping changed the images of a barely trained model
     assert "wrote" in stdout
+
+
+def test_few_step_table_merges_comparable_sweeps_and_refuses_others(tmp_path):
+    """Two sweeps of one run merge into one table with each FID's ratio to DDIM-50; sweeps at different N don't."""
+    def row(sampler, nfe, fid, num=500):
+        return {"sampler": sampler, "steps": nfe, "nfe": nfe, "seconds": 1.0, "images_per_s": 1.0, "num": num,
+                "seed": 0, "ref": "mnist:test", "ref_n": 2000, "extractor": "inception", "fid": fid}
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps([row("ddim", 50, 40.0), row("ddim", 10, 60.0)]))
+    b.write_text(json.dumps([row("unipc", 10, 42.0)]))
+    c.write_text(json.dumps([row("unipc", 10, 42.0, num=200)]))
+    out = tmp_path / "merged.json"
+    done = subprocess.run([sys.executable, str(BENCH / "few_step_table.py"), str(a), str(b), "--out", str(out),
+                           "--plot", str(tmp_path / "p.png")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| 10 | 60.0 (+50%) | 42.0 (+5%) |" in done.stdout and "| 50 | 40.0 (+0%) |  |" in done.stdout
+    assert [(r["sampler"], r["nfe"]) for r in json.loads(out.read_text())["rows"]] == [
+        ("ddim", 10), ("ddim", 50), ("unipc", 10)]
+    assert (tmp_path / "p.png").stat().st_size > 0
+    refused = subprocess.run([sys.executable, str(BENCH / "few_step_table.py"), str(a), str(c), "--out",
+                              str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "differ in num" in refused.stderr and not (tmp_path / "x.json").exists()

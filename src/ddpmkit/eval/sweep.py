@@ -207,7 +207,8 @@ def sweep_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def _plot(rows: list[dict], path: Path) -> Path | None:
+def plot_sweep(rows: list[dict], path: Path) -> Path | None:
+    """Score against steps and against seconds, one line per sampler (or against guidance for a guidance sweep)."""
     key = next((k for k in ("fid", "cfid", "kid_mean") if any(k in r for r in rows)), None)
     by_guidance = len({r.get("guidance") for r in rows}) > 1
     if key is None and not (by_guidance and any("class_accuracy" in r for r in rows)):
@@ -272,7 +273,7 @@ def write_sweep_report(rows: list[dict], out_dir: str | Path) -> dict[str, Path]
     paths = {"json": out / "sweep.json", "markdown": out / "sweep.md"}
     paths["json"].write_text(json.dumps(rows, indent=2, default=_json_default) + "\n")
     paths["markdown"].write_text(sweep_markdown(rows))
-    plot = _plot(rows, out / "sweep.png")
+    plot = plot_sweep(rows, out / "sweep.png")
     if plot is not None:
         paths["plot"] = plot
     return paths
