@@ -34,6 +34,12 @@ RECIPES = {
 RESULTS = Path(__file__).parent / "results"
 
 
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"preset": args.preset, "steps": args.steps, "num": args.num,
+                                    "sampler": f"{args.sampler}-{args.sample_steps}", "rows": rows}, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="mnist")
@@ -68,15 +74,13 @@ def main() -> None:
                "bits_per_dim_se": nll.standard_error, "nll_num": nll.num, "nll_terms": nll.num_terms}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        write(args, rows)  # after every recipe: a run cut short keeps the rows it finished
     fid_key = "cfid" if args.no_inception else "fid"
     print(f"\n| recipe | training min | {'classifier ' if args.no_inception else ''}FID (N={args.num}) | p>0.9 | "
           f"bits/dim (N={args.nll_num}) |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['recipe']} | {r['train_seconds'] / 60:.1f} | {r[fid_key]:.1f} | {100 * r['confident']:.1f}% | "
               f"{r['bits_per_dim']:.3f} ± {r['bits_per_dim_se']:.3f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"preset": args.preset, "steps": args.steps, "num": args.num, "rows": rows},
-                                   indent=1))
 
 
 if __name__ == "__main__":
