@@ -115,3 +115,23 @@ def test_few_step_table_merges_comparable_sweeps_and_refuses_others(tmp_path):
     refused = subprocess.run([sys.executable, str(BENCH / "few_step_table.py"), str(a), str(c), "--out",
                               str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "differ in num" in refused.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_low_noise_denoising_smoke(tmp_path):
+    """Per-timestep background and digit errors of a (barely trained) run's one-step x̂_0, written as JSON."""
+    from ddpmkit.cli import main
+
+    require_cached(Path(cached_path("mnist")).exists(), "MNIST")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", "mnist", "--steps", "2", "--no-progress", "--device", "cpu",
+                 "--out", str(run)]) == 0
+    out = tmp_path / "low.json"
+    stdout = _run("low_noise_denoising.py", str(run), "--num", "8", "--out", str(out), cwd=tmp_path)
+    rows = json.loads(out.read_text())["runs"][str(run)]["rows"]
+    from low_noise_denoising import TIMESTEPS
+    assert [r["t"] for r in rows] == [t for t in TIMESTEPS if t < 100]  # the tiny preset's T is 100
+    sigmas = [r["sigma"] for r in rows]
+    assert sigmas == sorted(sigmas) and 0 < sigmas[0] < 0.05
+    for r in rows:  # errors of a clamped image against data in [-1, 1]: within [0, 2], and not all zero
+        assert 0 < r["background_rms"] <= 2 and 0 < r["digit_rms"] <= 2
+    assert "| t | σ_t |" in stdout
