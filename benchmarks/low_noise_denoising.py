@@ -35,7 +35,7 @@ def denoising_errors(pipe: Pipeline, x0: torch.Tensor, timesteps=TIMESTEPS, seed
         x_t = diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=generator))
         x0_hat, _ = diffusion.predict_x0_eps(pipe.model(x_t, tt), x_t, tt)
         err = x0_hat.clamp(-1, 1) - x0  # the image is clamped before it is written, so score what is seen
-        rows.append({"t": t, "sigma": float((1 - diffusion.schedule.alphas_cumprod[t]).sqrt()),
+        rows.append({"t": t, "sigma": float(diffusion.schedule.sqrt_one_minus_alphas_cumprod[t]),
                      "background_rms": float(err[background].pow(2).mean().sqrt()),
                      "digit_rms": float(err[~background].pow(2).mean().sqrt())})
     return rows
