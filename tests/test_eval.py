@@ -31,7 +31,7 @@ from ddpmkit.eval import (
     run_sweep,
     write_sweep_report,
 )
-from ddpmkit.eval.classifier import MnistNet, classifier_is_cached, preprocess_digits
+from ddpmkit.eval.classifier import MnistNet, classifier_is_cached, confident_share, preprocess_digits
 from ddpmkit.eval.inception import inception_is_cached, preprocess
 
 
@@ -322,6 +322,18 @@ def test_inception_features_of_fixed_images_match_pinned_values() -> None:
 # --------------------------------------------------------------------------------------- classifier
 
 
+def test_confident_share_counts_softmax_max_above_threshold() -> None:
+    # softmax max of [ln 9, 0] over 2 classes is 9/10: exactly 0.9, which is not above 0.9
+    logits = np.array([[math.log(9.0), 0.0], [math.log(9.5), 0.0], [0.0, 0.0], [50.0, -50.0]])
+    assert confident_share(logits) == pytest.approx(2 / 4)  # 0.905 and ~1 count; 0.9 and 0.5 do not
+    assert confident_share(logits, threshold=0.4) == 1.0
+    # shift-invariant and stable for large logits (a naive exp overflows at 1000)
+    assert confident_share(logits + 1000.0) == confident_share(logits)
+    ten = np.zeros((3, 10))
+    ten[0, 4] = math.log(0.95 / 0.05 * 9)  # p_max = 0.95 against nine equal rivals
+    assert confident_share(ten) == pytest.approx(1 / 3)
+
+
 def test_class_histogram_entropy_and_kl() -> None:
     uniform = class_histogram(np.arange(100) % 10)
     assert uniform["counts"] == [10] * 10
@@ -478,6 +490,7 @@ def test_run_sweep_scores_each_setting_and_writes_report(tmp_path) -> None:
     assert rows[1]["num"] == 30 and rows[1]["ref_n"] == 40 and rows[1]["kid_subset_size"] == 30
     assert rows[0]["class_accuracy"] == pytest.approx(0.1) and rows[1]["class_accuracy"] == 1.0
     assert rows[0]["class_min_share"] == 0.0 and rows[1]["class_min_share"] == pytest.approx(0.1)
+    assert rows[1]["class_confident"] == 0.0  # the fake's one-hot logits: softmax max e/(e + 9) ≈ 0.23
     paths = write_sweep_report(rows, tmp_path / "out")
     assert json.loads(paths["json"].read_text())[2]["sampler"] == "ddpm"
     table = paths["markdown"].read_text()

