@@ -213,6 +213,23 @@ def test_per_class_grid_has_one_labelled_row_per_class(cond_run, tmp_path):
     assert grid[:, :margin].max() == 255  # the row labels are written in the margin
 
 
+def test_sample_without_labels_draws_every_class_in_turn(cond_run, tmp_path):
+    """No --labels on a conditional run: labels 0..9 in turn, class k in column k (not the null label alone)."""
+    pipe = Pipeline.from_run(cond_run, device="cpu")
+    code, out, err = _cli(["sample", str(cond_run), "--num", "20", "--steps", "2", "--out", str(tmp_path / "g.png")])
+    assert code == 0, err
+    assert "class-balanced labels 0..9" in out
+    balanced = pipe.generate(20, sampler="ddim", steps=2, seed=0, labels=[i % 10 for i in range(20)])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), _grid(balanced, nrow=10))
+    null = pipe.generate(20, sampler="ddim", steps=2, seed=0, labels=[i % 10 for i in range(20)], guidance=0.0)
+    as_float = dict(sampler="ddim", steps=2, seed=0, labels=[i % 10 for i in range(20)], return_tensor=True)
+    assert not torch.equal(pipe.generate(20, **as_float), pipe.generate(20, guidance=0.0, **as_float))
+    code, out, err = _cli(["sample", str(cond_run), "--num", "20", "--steps", "2", "--guidance", "0",
+                           "--out", str(tmp_path / "free.png")])
+    assert code == 0, err  # guidance 0 (the unconditional model) no longer needs labels to be named
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "free.png")), _grid(null, nrow=10))
+
+
 def _grid(images, nrow):
     from ddpmkit.viz import grid_image
 

@@ -51,7 +51,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂₀ to [-1, 1] at every step (default: as the run's preset says)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--labels", help="comma-separated class indices for a class-conditional model")
+    p.add_argument("--labels", help="comma-separated class indices for a class-conditional model "
+                                    "(default there: class-balanced, 0..K-1 in turn)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale w >= 0 (conditional models): 0 unconditional, 1 conditional, "
                         "> 1 sharper classes")
@@ -217,6 +218,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if args.gif and args.num > args.batch_size:
             raise DdpmkitError(f"--gif records one batch: --per-class {args.per_class} draws {args.num} images, "
                                f"more than --batch-size {args.batch_size}")
+    if labels is None and pipe.num_classes is not None:
+        # a conditional run without --labels: one of each class in turn, column k of the grid is class k
+        # (the null label alone would draw the far weaker unconditional model: ask for it with --guidance 0)
+        k = pipe.num_classes
+        labels, nrow = [i % k for i in range(args.num)], (k if args.num >= k else None)
+        print(f"conditional run: class-balanced labels 0..{k - 1}, column by column "
+              "(choose with --labels or --per-class)")
     if labels is not None:
         pipe.label_kwargs(labels, args.num)  # checks the labels against the run's classes
     frames = []
