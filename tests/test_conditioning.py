@@ -354,3 +354,13 @@ def test_a_checkpoint_from_before_cross_attention_resumes_and_takes_adapters(tmp
     # the fingerprint of the stored checkpoint equals that of the model it loads into
     base = LoRABase.load(state_file.parent)
     assert base.fingerprint == model_fingerprint(Pipeline.from_run(state_file.parent, device="cpu").model)
+
+
+def test_pipeline_generate_without_labels_draws_every_class_in_turn(cond_run):
+    """The Python API matches `ddpmkit sample`: no labels on a conditional run is 0..9 in turn, not the null class."""
+    pipe = Pipeline.from_run(cond_run, device="cpu")
+    as_float = dict(sampler="ddim", steps=2, seed=0, return_tensor=True)
+    default = pipe.generate(12, **as_float)
+    assert pipe.balanced_labels(12) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert torch.equal(default, pipe.generate(12, labels=pipe.balanced_labels(12), **as_float))
+    assert not torch.equal(default, pipe.generate(12, labels=[3] * 12, **as_float))

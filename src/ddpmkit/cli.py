@@ -222,7 +222,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         # a conditional run without --labels: one of each class in turn, column k of the grid is class k
         # (the null label alone would draw the far weaker unconditional model: ask for it with --guidance 0)
         k = pipe.num_classes
-        labels, nrow = [i % k for i in range(args.num)], (k if args.num >= k else None)
+        labels, nrow = pipe.balanced_labels(args.num), (k if args.num >= k else None)
         print(f"conditional run: class-balanced labels 0..{k - 1}, column by column "
               "(choose with --labels or --per-class)")
     if labels is not None:

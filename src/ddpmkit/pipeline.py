@@ -98,6 +98,12 @@ class Pipeline:
             raise DdpmkitError(f"labels must be 1 or {num} values in 0..{k - 1}")
         return {"labels": label_tensor.expand(num) if label_tensor.numel() == 1 else label_tensor}
 
+    def balanced_labels(self, num: int) -> list[int]:
+        """Class-balanced labels 0, 1, …, K−1, 0, 1, … for ``num`` images (a conditional run's default)."""
+        if self.num_classes is None:
+            raise DdpmkitError("this model is unconditional: it has no labels to balance")
+        return [i % self.num_classes for i in range(num)]
+
     def generate(
         self,
         num: int,
@@ -118,7 +124,8 @@ class Pipeline:
         """``num`` images as uint8 (N, H, W, C) (or float (N, C, H, W) in [-1, 1] with ``return_tensor``).
 
         ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
-        with one row per image. Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, unipc 10, ddpm all T),
+        with one row per image; a conditional run given no labels draws class-balanced ones (0, 1, …, K−1 in turn).
+        Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, unipc 10, ddpm all T),
         and so does the timestep ``spacing`` (trailing; also linspace, leading, logsnr, karras); ``clip_denoised`` (x̂_0
         clipped to [-1, 1] at every step) defaults to what the run was trained with. The initial noise
         comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
@@ -128,6 +135,8 @@ class Pipeline:
             raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")
         settings = check_sampler_args(sampler, steps, eta, self.diffusion.num_steps, spacing)
         kwargs = dict(model_kwargs or {})
+        if labels is None and self.num_classes is not None and "labels" not in kwargs:
+            labels = self.balanced_labels(num)  # not the null label alone: that is the far weaker unconditional model
         if labels is not None:
             kwargs.update(self.label_kwargs(labels, num))
         if guidance is not None and guidance != 1.0 and not kwargs:
