@@ -46,7 +46,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {DEFAULT_STEPS_HELP})")
     p.add_argument("--spacing", choices=SPACINGS,
-                   help="timesteps: trailing (default; ddpm: linspace), logsnr (λ-uniform), karras, linspace, leading")
+                   help="timesteps: trailing (default; ddpm: linspace; or as the run's preset says), logsnr "
+                        "(λ-uniform), karras, linspace, leading")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂₀ to [-1, 1] at every step (default: as the run's preset says)")
@@ -173,7 +174,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .atomic import check_writable
     from .pipeline import Pipeline
-    from .sampling import check_sampler_args
     from .viz import make_grid, save_gif, save_grid, to_uint8
 
     # every check before any work: arguments, output paths, then the run itself
@@ -202,7 +202,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_writable(args.individual, "dir", "--individual")
     pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights,
                              lora=args.lora, lora_scale=args.lora_scale)
-    check_sampler_args(args.sampler, args.steps, args.eta, pipe.diffusion.num_steps, args.spacing)
+    settings = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     if args.guidance is not None and args.guidance != 1.0 and pipe.num_classes is None:
         raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: guidance needs a class-conditional model; "
                            "drop --guidance")
@@ -248,8 +248,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         gif = args.out.with_suffix(".gif")
         save_gif(frames, gif)
         written.append(str(gif))
-    print(f"{args.num} images ({args.sampler}, {args.steps or 'default'} steps) in {seconds:.1f} s "
-          f"({args.num / seconds:.1f} images/s) from {pipe.checkpoint}; wrote {', '.join(written)}")
+    print(f"{args.num} images ({settings.sampler}, {settings.steps} steps, {settings.spacing} spacing) in "
+          f"{seconds:.1f} s ({args.num / seconds:.1f} images/s) from {pipe.checkpoint}; wrote {', '.join(written)}")
     return 0
 
 

@@ -19,8 +19,15 @@ from .diffusion import Diffusion
 from .errors import DdpmkitError
 from .models import UNet, UNetConfig
 from .run import RunFolder
-from .sampling import Callback, check_sampler_args, sample
+from .sampling import Callback, SamplerSettings, check_sampler_args, sample
 from .viz import to_uint8
+
+
+def run_spacing(state: Mapping[str, Any], sampler: str) -> str | None:
+    """The timestep spacing a run's preset names for ``sampler`` (its ``train.sample_spacing``, the spacing of its
+    ``train.sample_sampler``), or None: that sampler's own default. Checkpoints without the key give None."""
+    train = (state.get("config") or {}).get("train") or {}
+    return train.get("sample_spacing") if train.get("sample_sampler", "ddim") == sampler else None
 
 
 class Pipeline:
@@ -104,6 +111,12 @@ class Pipeline:
             raise DdpmkitError("this model is unconditional: it has no labels to balance")
         return [i % self.num_classes for i in range(num)]
 
+    def sampler_settings(self, sampler: str, steps: int | None = None, eta: float = 0.0,
+                         spacing: str | None = None) -> SamplerSettings:
+        """The checked settings :meth:`generate` samples with: the sampler's defaults, and the run's spacing."""
+        spacing = spacing or run_spacing(self.state, sampler)
+        return check_sampler_args(sampler, steps, eta, self.diffusion.num_steps, spacing)
+
     def generate(
         self,
         num: int,
@@ -125,15 +138,16 @@ class Pipeline:
 
         ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
         with one row per image; a conditional run given no labels draws class-balanced ones (0, 1, …, K−1 in turn).
-        Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, unipc 10, ddpm all T),
-        and so does the timestep ``spacing`` (trailing; also linspace, leading, logsnr, karras); ``clip_denoised`` (x̂_0
+        Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, unipc 10, ddpm all T), and so does the timestep
+        ``spacing`` (trailing; also linspace, leading, logsnr, karras) unless the run's preset names one for this
+        sampler (``train.sample_spacing``: the mnist preset's DDIM ends at t = 0, linspace); ``clip_denoised`` (x̂_0
         clipped to [-1, 1] at every step) defaults to what the run was trained with. The initial noise
         comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
         samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """
         if num < 1 or batch_size < 1:
             raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")
-        settings = check_sampler_args(sampler, steps, eta, self.diffusion.num_steps, spacing)
+        settings = self.sampler_settings(sampler, steps, eta, spacing)
         kwargs = dict(model_kwargs or {})
         if labels is None and self.num_classes is not None and "labels" not in kwargs:
             labels = self.balanced_labels(num)  # not the null label alone: that is the far weaker unconditional model

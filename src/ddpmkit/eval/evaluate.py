@@ -81,6 +81,7 @@ def evaluate_run(
     from ..atomic import check_writable
     from ..checkpoint import read_state
     from ..data import SPLITS
+    from ..pipeline import run_spacing
     from ..run import RunFolder
     from ..sampling import check_sampler_args
 
@@ -101,7 +102,9 @@ def evaluate_run(
     num_train_steps = _num_train_steps(state, checkpoint)
     def check(spec: str, n: int):  # "dpm++2m" or "dpm++2m:karras": a sampler with its own timestep spacing
         name, _, spacing = spec.partition(":")
-        return spec, check_sampler_args(name, n, eta, num_train_steps, spacing or None)
+        preset_spacing = None if spacing else run_spacing(state, name)
+        settings = check_sampler_args(name, n, eta, num_train_steps, spacing or preset_spacing)
+        return (f"{name}:{preset_spacing}" if preset_spacing else spec), settings  # the label says which timesteps
 
     checked = [check(spec, n) for spec in samplers for n in steps]
     if guidance != [None] and not (state.get("unet") or {}).get("num_classes"):

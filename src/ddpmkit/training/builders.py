@@ -70,9 +70,9 @@ def validate_train_config(config: RunConfig) -> None:
     if tc.lr <= 0 or not 0 <= tc.ema_decay < 1:
         raise DdpmkitError("train.lr must be positive and train.ema_decay in [0, 1)")
     try:
-        check_sampler_args(tc.sample_sampler, tc.sample_steps, 0.0, config.diffusion.num_steps)
+        check_sampler_args(tc.sample_sampler, tc.sample_steps, 0.0, config.diffusion.num_steps, tc.sample_spacing)
     except DdpmkitError as exc:
-        raise DdpmkitError(f"train.sample_sampler/sample_steps: {exc}") from None
+        raise DdpmkitError(f"train.sample_sampler/sample_steps/sample_spacing: {exc}") from None
     if tc.timestep_sampler not in TIMESTEP_SAMPLERS:
         raise DdpmkitError(f"unknown train.timestep_sampler '{tc.timestep_sampler}'; "
                            f"choose one of {', '.join(TIMESTEP_SAMPLERS)}")

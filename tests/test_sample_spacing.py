@@ -1,0 +1,88 @@
+"""A preset can name the timestep spacing of its sampler (train.sample_spacing): the training grids, Pipeline.generate,
+`ddpmkit sample` and `ddpmkit eval` use it for that sampler whenever the caller names no spacing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_cached
+from PIL import Image
+
+from ddpmkit.cli import main
+from ddpmkit.pipeline import Pipeline, run_spacing
+from ddpmkit.viz import to_uint8
+
+TRAIN = ["train", "--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu", "--steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def linspace_run(tmp_path_factory):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
+    run = tmp_path_factory.mktemp("spacing") / "run"
+    assert main([*TRAIN, "--out", str(run), "--set", "train.sample_spacing=linspace"]) == 0
+    return run
+
+
+def test_run_spacing_applies_to_the_named_sampler_only():
+    state = {"config": {"train": {"sample_sampler": "ddim", "sample_spacing": "linspace"}}}
+    assert run_spacing(state, "ddim") == "linspace"
+    assert run_spacing(state, "dpm++2m") is None
+    assert run_spacing({"config": {"train": {"sample_sampler": "ddim"}}}, "ddim") is None  # older runs: no key
+    assert run_spacing({}, "ddim") is None
+
+
+def test_the_pipeline_samples_the_runs_sampler_with_its_spacing(linspace_run):
+    pipe = Pipeline.from_run(linspace_run, device="cpu", precision="fp32")
+    assert pipe.sampler_settings("ddim").spacing == "linspace"
+    assert pipe.sampler_settings("ddim", spacing="trailing").spacing == "trailing"  # the caller's choice wins
+    assert pipe.sampler_settings("dpm++2m").spacing == "trailing"  # another sampler keeps its own default
+    default = pipe.generate(4, steps=5, return_tensor=True)
+    assert torch.equal(default, pipe.generate(4, steps=5, spacing="linspace", return_tensor=True))
+    # linspace(0, 999, 5) = 0, 250, 500, 749, 999 against trailing's 999, 799, 599, 399, 199: other images
+    assert not torch.equal(default, pipe.generate(4, steps=5, spacing="trailing", return_tensor=True))
+
+
+def test_sample_uses_the_runs_spacing_and_says_so(linspace_run, tmp_path, capsys):
+    pipe = Pipeline.from_run(linspace_run, device="cpu", precision="fp32")
+    expected = to_uint8(pipe.generate(2, steps=5, spacing="linspace", return_tensor=True))
+    assert main(["sample", str(linspace_run), "--num", "2", "--steps", "5", "--out", str(tmp_path / "grid.png"),
+                 "--individual", str(tmp_path / "each"), "--device", "cpu", "--precision", "fp32"]) == 0
+    assert "ddim, 5 steps, linspace spacing" in capsys.readouterr().out
+    first = np.asarray(Image.open(tmp_path / "each" / "00000.png"))
+    assert np.array_equal(first, expected[0, :, :, 0])
+
+
+def test_eval_labels_the_runs_spacing_beside_an_explicit_one(linspace_run):
+    from ddpmkit.eval import evaluate_run
+    from ddpmkit.eval.classifier import classifier_is_cached
+
+    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    result = evaluate_run(linspace_run, samplers=("ddim", "ddim:trailing", "dpm++2m"), steps=(4,), num=4, ref_num=8,
+                          metrics=("classes",), device="cpu", precision="fp32", progress=False,
+                          out=linspace_run.parent / "eval")
+    assert [r["sampler"] for r in result.rows] == ["ddim:linspace", "ddim:trailing", "dpm++2m"]
+
+
+def test_training_grids_use_the_spacing(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
+    import ddpmkit.training.trainer as trainer
+
+    seen = []
+    real_sample = trainer.sample
+
+    def recording_sample(*args, **kwargs):
+        seen.append((kwargs.get("sampler"), kwargs.get("spacing")))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "sample", recording_sample)
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), "--set", "train.sample_spacing=linspace",
+                 "--set", "train.sample_every=1", "--set", "train.num_samples=2", "--set", "train.sample_steps=3"]) == 0
+    assert seen and set(seen) == {("ddim", "linspace")}
+
+
+def test_a_bad_spacing_fails_before_training(tmp_path, capsys):
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), "--set", "train.sample_spacing=bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "train.sample_sampler/sample_steps/sample_spacing" in err and "unknown timestep spacing 'bogus'" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
