@@ -67,7 +67,8 @@ def test_defaults_and_what_the_run_offers(plain, cond):
     assert plain.class_names == [] and cond.class_names == [str(i) for i in range(10)]
     assert "unconditional" in plain.title and "class-conditional (10 classes)" in cond.title
     T = plain.num_steps
-    assert plain.default_steps("dpm++2m") == 20 and plain.default_steps("ddim") == 50
+    assert plain.default_steps("dpm++2m") == 20  # the sampler's own default
+    assert plain.default_steps("ddim") == 10  # the run's sampler: the tiny preset's grids are DDIM-10
     assert plain.default_steps("ddpm") == T
     request = plain.check("dpm++2m", 20, 0, 7, 16, "3", 5.0)
     assert request.labels is None and request.guidance is None  # an unconditional run ignores hidden controls

@@ -118,7 +118,8 @@ def test_pipeline_uses_the_samplers_defaults_and_model_kwargs(tmp_path):
     Trainer(config, tmp_path / "run", data=tiny_data(), progress=False).fit()
     pipe = Pipeline.from_run(tmp_path / "run", device="cpu")
     assert pipe.run == RunFolder(tmp_path / "run") and pipe.num_classes == 3
-    for sampler, expected in [("ddim", 50), ("dpm++2m", 20), ("ddpm", 50)]:  # T = 50: ddpm runs all T
+    # ddim is the run's grid sampler: its train.sample_steps (2); the others their own defaults (T = 50: ddpm all T)
+    for sampler, expected in [("ddim", 2), (None, 2), ("dpm++2m", 20), ("ddpm", 50)]:
         seen = []
         pipe.generate(2, sampler=sampler, callback=seen.append)
         assert len(seen) == expected, sampler

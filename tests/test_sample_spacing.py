@@ -10,7 +10,7 @@ from conftest import require_cached
 from PIL import Image
 
 from ddpmkit.cli import main
-from ddpmkit.pipeline import Pipeline, run_spacing
+from ddpmkit.pipeline import Pipeline, run_sampler
 from ddpmkit.viz import to_uint8
 
 TRAIN = ["train", "--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu", "--steps", "2"]
@@ -24,12 +24,11 @@ def linspace_run(tmp_path_factory):
     return run
 
 
-def test_run_spacing_applies_to_the_named_sampler_only():
-    state = {"config": {"train": {"sample_sampler": "ddim", "sample_spacing": "linspace"}}}
-    assert run_spacing(state, "ddim") == "linspace"
-    assert run_spacing(state, "dpm++2m") is None
-    assert run_spacing({"config": {"train": {"sample_sampler": "ddim"}}}, "ddim") is None  # older runs: no key
-    assert run_spacing({}, "ddim") is None
+def test_run_sampler_reads_the_grids_sampler_from_the_config():
+    state = {"config": {"train": {"sample_sampler": "ddpm", "sample_steps": 50, "sample_spacing": "linspace"}}}
+    assert run_sampler(state) == ("ddpm", 50, "linspace")
+    assert run_sampler({"config": {"train": {"sample_sampler": "ddim", "sample_steps": 10}}}) == ("ddim", 10, None)
+    assert run_sampler({}) == ("ddim", None, None)  # a checkpoint without a config: DDIM's own defaults
 
 
 def test_the_pipeline_samples_the_runs_sampler_with_its_spacing(linspace_run):
@@ -37,6 +36,9 @@ def test_the_pipeline_samples_the_runs_sampler_with_its_spacing(linspace_run):
     assert pipe.sampler_settings("ddim").spacing == "linspace"
     assert pipe.sampler_settings("ddim", spacing="trailing").spacing == "trailing"  # the caller's choice wins
     assert pipe.sampler_settings("dpm++2m").spacing == "trailing"  # another sampler keeps its own default
+    assert pipe.sampler_settings("dpm++2m").steps == 20
+    assert pipe.sampler_settings().steps == 10 == pipe.sampler_settings("ddim").steps  # the tiny grids: DDIM-10
+    assert pipe.sampler_settings("ddim", 7).steps == 7
     default = pipe.generate(4, steps=5, return_tensor=True)
     assert torch.equal(default, pipe.generate(4, steps=5, spacing="linspace", return_tensor=True))
     # linspace(0, 999, 5) = 0, 250, 500, 749, 999 against trailing's 999, 799, 599, 399, 199: other images

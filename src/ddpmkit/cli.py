@@ -43,8 +43,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a run or checkpoint")
     p.add_argument("run", type=Path, help="run folder (its newest checkpoint) or checkpoint folder")
     p.add_argument("--num", type=int, default=64)
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
-    p.add_argument("--steps", type=int, default=None, help=f"sampling steps (default: {DEFAULT_STEPS_HELP})")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="default: the run's (train.sample_sampler, with its sample_steps and sample_spacing)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps (default: the run's for its sampler, else {DEFAULT_STEPS_HELP})")
     p.add_argument("--spacing", choices=SPACINGS,
                    help="timesteps: trailing (default; ddpm: linspace; or as the run's preset says), logsnr "
                         "(λ-uniform), karras, linspace, leading")
@@ -232,8 +234,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.gif:
         callback = lambda step: frames.append(make_grid(to_uint8(step.x.clamp(-1, 1).cpu())))
     start = time.perf_counter()
-    images = pipe.generate(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                           spacing=args.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
+    images = pipe.generate(args.num, sampler=settings.sampler, steps=settings.steps, eta=settings.eta, seed=args.seed,
+                           spacing=settings.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
                            progress=True, callback=callback, clip_denoised=args.clip)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=nrow, row_labels=row_labels)

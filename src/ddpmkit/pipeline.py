@@ -23,11 +23,11 @@ from .sampling import Callback, SamplerSettings, check_sampler_args, sample
 from .viz import to_uint8
 
 
-def run_spacing(state: Mapping[str, Any], sampler: str) -> str | None:
-    """The timestep spacing a run's preset names for ``sampler`` (its ``train.sample_spacing``, the spacing of its
-    ``train.sample_sampler``), or None: that sampler's own default. Checkpoints without the key give None."""
+def run_sampler(state: Mapping[str, Any]) -> tuple[str, int | None, str | None]:
+    """The sampler a run's preset recommends, as its sample grids used it: ``train.sample_sampler``, ``sample_steps``
+    and ``sample_spacing`` (None: the sampler's own spacing). A checkpoint without a config gives DDIM's defaults."""
     train = (state.get("config") or {}).get("train") or {}
-    return train.get("sample_spacing") if train.get("sample_sampler", "ddim") == sampler else None
+    return train.get("sample_sampler", "ddim"), train.get("sample_steps"), train.get("sample_spacing")
 
 
 class Pipeline:
@@ -111,16 +111,22 @@ class Pipeline:
             raise DdpmkitError("this model is unconditional: it has no labels to balance")
         return [i % self.num_classes for i in range(num)]
 
-    def sampler_settings(self, sampler: str, steps: int | None = None, eta: float = 0.0,
+    def sampler_settings(self, sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                          spacing: str | None = None) -> SamplerSettings:
-        """The checked settings :meth:`generate` samples with: the sampler's defaults, and the run's spacing."""
-        spacing = spacing or run_spacing(self.state, sampler)
+        """The checked settings :meth:`generate` samples with. What the caller leaves out comes from the run's
+        recommendation (:func:`run_sampler`) when the sampler is the run's (no sampler: the run's), else from the
+        sampler's own defaults (``SAMPLER_DEFAULTS``)."""
+        run_name, run_steps, run_spacing = run_sampler(self.state)
+        sampler = sampler or run_name
+        if sampler == run_name:
+            steps = run_steps if steps is None else steps
+            spacing = spacing or run_spacing
         return check_sampler_args(sampler, steps, eta, self.diffusion.num_steps, spacing)
 
     def generate(
         self,
         num: int,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         steps: int | None = None,
         eta: float = 0.0,
         seed: int = 0,
@@ -138,12 +144,12 @@ class Pipeline:
 
         ``labels`` is shorthand for ``model_kwargs={"labels": …}``; any other condition goes in ``model_kwargs``
         with one row per image; a conditional run given no labels draws class-balanced ones (0, 1, …, K−1 in turn).
-        Steps default per sampler (ddim 50, dpm++2m and dpm++3m 20, unipc 10, ddpm all T), and so does the timestep
-        ``spacing`` (trailing; also linspace, leading, logsnr, karras) unless the run's preset names one for this
-        sampler (``train.sample_spacing``: the mnist preset's DDIM ends at t = 0, linspace); ``clip_denoised`` (x̂_0
-        clipped to [-1, 1] at every step) defaults to what the run was trained with. The initial noise
-        comes from one generator seeded with ``seed`` and is drawn for all images up front, so the deterministic
-        samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
+        ``sampler`` (ddpm, ddim, dpm++2m, dpm++3m, unipc), its ``steps`` and timestep ``spacing`` (trailing, linspace,
+        leading, logsnr, karras) default to what the run's preset recommends (the sampler of its grids: the mnist
+        preset's is DDPM-50), a sampler other than the run's to its own defaults (ddim 50 trailing, dpm++2m 20, …);
+        ``clip_denoised`` (x̂_0 clipped to [-1, 1] at every step) defaults to what the run was trained with. The
+        initial noise comes from one generator seeded with ``seed`` and is drawn for all images up front, so the
+        deterministic samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """
         if num < 1 or batch_size < 1:
             raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")

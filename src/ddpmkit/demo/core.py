@@ -147,8 +147,10 @@ class DemoModel:
                 f"{self.pipe.device.type}")
 
     def default_steps(self, sampler: str) -> int:
-        steps = SAMPLER_DEFAULTS[sampler].steps if sampler in SAMPLER_DEFAULTS else None
-        return min(steps or self.num_steps, self.num_steps)
+        """The slider's start: the run's step count for its own sampler (DDPM-50 for mnist), else the sampler's."""
+        if sampler in SAMPLER_DEFAULTS:
+            return self.pipe.sampler_settings(sampler).steps
+        return self.num_steps
 
     # ----- Generate tab ---------------------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def evaluate_run(
     from ..atomic import check_writable
     from ..checkpoint import read_state
     from ..data import SPLITS
-    from ..pipeline import run_spacing
+    from ..pipeline import run_sampler
     from ..run import RunFolder
     from ..sampling import check_sampler_args
 
@@ -102,7 +102,8 @@ def evaluate_run(
     num_train_steps = _num_train_steps(state, checkpoint)
     def check(spec: str, n: int):  # "dpm++2m" or "dpm++2m:karras": a sampler with its own timestep spacing
         name, _, spacing = spec.partition(":")
-        preset_spacing = None if spacing else run_spacing(state, name)
+        run_name, _, run_spacing = run_sampler(state)  # the steps are always named here; the spacing may not be
+        preset_spacing = run_spacing if not spacing and name == run_name else None
         settings = check_sampler_args(name, n, eta, num_train_steps, spacing or preset_spacing)
         return (f"{name}:{preset_spacing}" if preset_spacing else spec), settings  # the label says which timesteps
 
