@@ -93,4 +93,6 @@ def test_the_default_job_is_issue_9s_labelled_recipe():
     diffusion = build_diffusion(config)
     assert diffusion.min_snr_gamma is None and diffusion.prediction == "v" and diffusion.clip_denoised is False
     assert (config.train.steps, config.train.batch_size) == (1300, 64)
+    # its recommended sampler (grids, `ddpmkit sample`, Pipeline.generate): ancestral DDPM over 50 linspace steps
+    assert (config.train.sample_sampler, config.train.sample_steps, config.train.sample_spacing) == ("ddpm", 50, None)
     assert load_preset("mnist-uncond").model.class_conditional is False
