@@ -146,14 +146,20 @@ def load_snapshot(out_dir: Path, step: int, label: str = "ema") -> tuple[UNet, o
     return model.eval(), build_diffusion(config)
 
 
-def draw(model: UNet, diffusion, num: int, sampler: str, steps: int, seed: int = 0, batch: int = 500) -> np.ndarray:
-    """``num`` samples as uint8 (N, H, W, C), drawn in batches from one seeded generator."""
+def draw(model: UNet, diffusion, num: int, sampler: str, steps: int, seed: int = 0, batch: int = 500,
+         spacing: str | None = None) -> np.ndarray:
+    """``num`` samples as uint8 (N, H, W, C), drawn in batches from one seeded generator.
+
+    A class-conditional model gets class-balanced labels (sample i is class i mod K), as ``ddpmkit eval`` gives it;
+    an unconditional one gets none."""
     generator = torch.Generator().manual_seed(seed)
     cfg = model.config
+    labels = torch.arange(num) % cfg.num_classes if cfg.num_classes else None
     chunks = []
     for start in range(0, num, batch):
         n = min(batch, num - start)
+        kwargs = {} if labels is None else {"labels": labels[start:start + n]}
         x = sample(model, diffusion, (n, cfg.in_channels, cfg.image_size, cfg.image_size), sampler=sampler,
-                   steps=steps, generator=generator)
+                   steps=steps, spacing=spacing, model_kwargs=kwargs, generator=generator)
         chunks.append(to_uint8(x))
     return np.concatenate(chunks)

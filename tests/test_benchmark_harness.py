@@ -60,7 +60,37 @@ def test_time_to_quality_smoke(tmp_path):
     rates = result["cpu_rates_steps_per_s"]
     assert theirs[-1]["step"] == max(1, round(3 * rates["diffusers"] / rates["ddpmkit"]))
     assert all(r["train_seconds"] > 0 and math.isfinite(r["fid"]) for r in rows)
+    # each recipe with its own sampler: ours as the preset recommends (DDPM-50), theirs DDIM-50 as their pipeline;
+    # our last snapshot with theirs too, so one row compares the two trainings with the same sampler
+    assert {r["sampler"] for r in ours} == {"ddpm-50"} and {r["sampler"] for r in theirs} == {"ddim-50"}
+    same_sampler = result["ours_last_snapshot_with_diffusers_sampler"]
+    assert [(r["step"], r["sampler"]) for r in same_sampler] == [(3, "ddim-50")]
     assert plot.stat().st_size > 10_000
+
+
+def test_draw_gives_a_conditional_model_class_balanced_labels(monkeypatch):
+    """harness.draw samples a class-conditional model as ``ddpmkit eval`` does (sample i is class i mod K, in every
+    batch), not with the null class; an unconditional model gets no labels."""
+    import harness
+    import torch
+
+    from ddpmkit.models import UNet, UNetConfig
+
+    seen = []
+
+    def fake_sample(model, diffusion, shape, **kwargs):
+        seen.append(kwargs["model_kwargs"].get("labels"))
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(harness, "sample", fake_sample)
+    small = dict(image_size=8, in_channels=1, base_channels=8, channel_mults=(1,), num_res_blocks=1,
+                 attention_resolutions=(), norm_groups=4)
+    images = harness.draw(UNet(UNetConfig(**small, num_classes=3)), None, 7, "ddpm", 5, batch=4)
+    assert images.shape == (7, 8, 8, 1)
+    assert [t.tolist() for t in seen] == [[0, 1, 2, 0], [1, 2, 0]]
+    seen.clear()
+    harness.draw(UNet(UNetConfig(**small)), None, 2, "ddpm", 5)
+    assert seen == [None]
 
 
 def test_recipe_search_smoke(tmp_path):
