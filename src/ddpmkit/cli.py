@@ -58,7 +58,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                                     "(default there: class-balanced, 0..K-1 in turn)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale w >= 0 (conditional models): 0 unconditional, 1 conditional, "
-                        "> 1 sharper classes")
+                        "> 1 sharper classes (default: the run's train.sample_guidance)")
     p.add_argument("--per-class", type=int, metavar="N",
                    help="a grid with one labelled row of N images per class (conditional models; replaces --num)")
     p.add_argument("--out", type=Path, default=Path("grid.png"))
@@ -250,7 +250,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         gif = args.out.with_suffix(".gif")
         save_gif(frames, gif)
         written.append(str(gif))
-    print(f"{args.num} images ({settings.sampler}, {settings.steps} steps, {settings.spacing} spacing) in "
+    guided = ""
+    if labels is not None:
+        from .pipeline import run_guidance
+
+        guided = f", guidance {run_guidance(pipe.state) if args.guidance is None else args.guidance:g}"
+    print(f"{args.num} images ({settings.sampler}, {settings.steps} steps, {settings.spacing} spacing{guided}) in "
           f"{seconds:.1f} s ({args.num / seconds:.1f} images/s) from {pipe.checkpoint}; wrote {', '.join(written)}")
     return 0
 

@@ -73,6 +73,7 @@ class TrainConfig:
     sample_sampler: str = "ddim"
     sample_steps: int = 50
     sample_spacing: str | None = None    # timesteps of sample_sampler (None: its own); sample and eval use it too
+    sample_guidance: float = 1.0         # classifier-free guidance w of the grids (conditional runs; 1: none); ditto
     sample_seed: int = 0                 # fixed, so grids are comparable across time
     tensorboard: bool = True
     fid_every: int | None = None         # steps between FIDs of EMA samples during training (None: off)

@@ -30,6 +30,12 @@ def run_sampler(state: Mapping[str, Any]) -> tuple[str, int | None, str | None]:
     return train.get("sample_sampler", "ddim"), train.get("sample_steps"), train.get("sample_spacing")
 
 
+def run_guidance(state: Mapping[str, Any]) -> float:
+    """The classifier-free guidance scale a conditional run's preset recommends (``train.sample_guidance``, 1: none)."""
+    train = (state.get("config") or {}).get("train") or {}
+    return float(train.get("sample_guidance", 1.0))
+
+
 class Pipeline:
     """EMA weights + the diffusion they were trained with, ready to sample.
 
@@ -147,7 +153,8 @@ class Pipeline:
         ``sampler`` (ddpm, ddim, dpm++2m, dpm++3m, unipc), its ``steps`` and timestep ``spacing`` (trailing, linspace,
         leading, logsnr, karras) default to what the run's preset recommends (the sampler of its grids: the mnist
         preset's is DDPM-50), a sampler other than the run's to its own defaults (ddim 50 trailing, dpm++2m 20, …);
-        ``clip_denoised`` (x̂_0 clipped to [-1, 1] at every step) defaults to what the run was trained with. The
+        ``guidance`` (classifier-free, w) defaults to the run's ``train.sample_guidance`` when the images have
+        labels, and ``clip_denoised`` (x̂_0 clipped to [-1, 1] at every step) to what the run was trained with. The
         initial noise comes from one generator seeded with ``seed`` and is drawn for all images up front, so the
         deterministic samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
         """
@@ -159,6 +166,8 @@ class Pipeline:
             labels = self.balanced_labels(num)  # not the null label alone: that is the far weaker unconditional model
         if labels is not None:
             kwargs.update(self.label_kwargs(labels, num))
+        if guidance is None and "labels" in kwargs:
+            guidance = run_guidance(self.state)  # the run's recommendation (1 unless its preset says otherwise)
         if guidance is not None and guidance != 1.0 and not kwargs:
             raise DdpmkitError("guidance needs labels: pass the classes to generate (--labels)"
                                if self.num_classes else "this model is unconditional; drop --guidance")

@@ -27,7 +27,8 @@ def _parser():
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂₀ to [-1, 1] at every step (default: as the run's preset says)")
     p.add_argument("--guidance", help="comma-separated classifier-free guidance scales to sweep, e.g. 0,1,2,3,5 "
-                                      "(conditional runs: class-balanced labels, accuracy of the requested class)")
+                                      "(conditional runs: class-balanced labels, accuracy of the requested class; "
+                                      "default: the run's train.sample_guidance)")
     p.add_argument("--metrics", help="comma-separated from fid, kid, cfid, classes (default: by data set)")
     p.add_argument("--ref-num", type=int, default=2000, help="reference images (cached statistics)")
     p.add_argument("--ref-split", default="test", help="reference split (falls back to train if absent)")

@@ -72,7 +72,8 @@ def evaluate_run(
     setting, score each set of ``num`` images, and write sweep.json, sweep.md and sweep.png.
 
     ``guidance``: classifier-free guidance scales to sweep too (conditional runs; each setting is sampled at each
-    scale, with class-balanced labels, and the class accuracy is the share classified as the requested label).
+    scale, with class-balanced labels, and the class accuracy is the share classified as the requested label;
+    none: the run's ``train.sample_guidance``).
     ``metrics``: from fid, kid (Inception), cfid, classes (MNIST classifier); default by data set. The
     reference is the first ``ref_num`` images of ``ref_split`` ("train" when the data set has no such split).
     ``clip_denoised``: clip x̂_0 to [-1, 1] at every step (None: as the run was trained; recorded in each row).
@@ -81,7 +82,7 @@ def evaluate_run(
     from ..atomic import check_writable
     from ..checkpoint import read_state
     from ..data import SPLITS
-    from ..pipeline import run_sampler
+    from ..pipeline import run_guidance, run_sampler
     from ..run import RunFolder
     from ..sampling import check_sampler_args
 
@@ -108,8 +109,11 @@ def evaluate_run(
         return (f"{name}:{preset_spacing}" if preset_spacing else spec), settings  # the label says which timesteps
 
     checked = [check(spec, n) for spec in samplers for n in steps]
-    if guidance != [None] and not (state.get("unet") or {}).get("num_classes"):
+    conditional = bool((state.get("unet") or {}).get("num_classes"))
+    if guidance != [None] and not conditional:
         raise DdpmkitError(f"{checkpoint} is an unconditional run: --guidance needs a class-conditional model")
+    if guidance == [None] and conditional and run_guidance(state) != 1.0:
+        guidance = [run_guidance(state)]  # the run's recommended guidance, named in each row
     metrics = tuple(metrics) if metrics else default_metrics(data_name)
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:

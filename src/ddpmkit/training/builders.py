@@ -3,6 +3,8 @@ reject a config (or a checkpoint to resume) before any work is done. Tests and b
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,13 @@ def validate_train_config(config: RunConfig) -> None:
         check_sampler_args(tc.sample_sampler, tc.sample_steps, 0.0, config.diffusion.num_steps, tc.sample_spacing)
     except DdpmkitError as exc:
         raise DdpmkitError(f"train.sample_sampler/sample_steps/sample_spacing: {exc}") from None
+    if not (isinstance(tc.sample_guidance, (int, float)) and math.isfinite(tc.sample_guidance)
+            and tc.sample_guidance >= 0):
+        raise DdpmkitError(f"train.sample_guidance must be a finite number >= 0 (1: no guidance), "
+                           f"got {tc.sample_guidance!r}")
+    if tc.sample_guidance != 1.0 and not config.model.class_conditional:
+        raise DdpmkitError(f"train.sample_guidance={tc.sample_guidance} needs labels: set model.class_conditional=true "
+                           "or train.sample_guidance=1")
     if tc.timestep_sampler not in TIMESTEP_SAMPLERS:
         raise DdpmkitError(f"unknown train.timestep_sampler '{tc.timestep_sampler}'; "
                            f"choose one of {', '.join(TIMESTEP_SAMPLERS)}")

@@ -244,7 +244,7 @@ class Trainer:
         model_kwargs = {"labels": torch.arange(num) % unet.num_classes} if unet.num_classes else None
         images = sample(self.ema.model, self.diffusion, (num, unet.in_channels, unet.image_size, unet.image_size),
                         sampler=tc.sample_sampler, steps=tc.sample_steps, spacing=tc.sample_spacing,
-                        model_kwargs=model_kwargs,
+                        model_kwargs=model_kwargs, guidance=tc.sample_guidance if model_kwargs else None,
                         generator=torch.Generator().manual_seed(seed), device=self.device,
                         autocast_dtype=self.amp_dtype)
         return to_uint8(images.cpu())
