@@ -115,7 +115,7 @@ def main() -> None:
     ours_steps = args.steps or OURS.config().train.steps
     theirs_steps = max(1, round(ours_steps * rates["diffusers"] / rates["ddpmkit"]))
     print(f"step rates {rates}; ddpmkit {ours_steps} steps, diffusers {theirs_steps} steps", flush=True)
-    # ours also early (1/26, 2/26, 4/26 of its steps: 50, 100, 200 of 1,300) to find the minutes it needs to match theirs
+    # ours also early (1/26, 2/26, 4/26 of its steps: 50, 100, 200 of 1,300): the minutes it needs to match theirs
     snaps = {OURS.name: train(OURS, args.work / OURS.name, ours_steps, (1 / 26, 2 / 26, 4 / 26, 1 / 3, 2 / 3, 1.0),
                               data=data),
              DIFFUSERS.name: train(DIFFUSERS, args.work / DIFFUSERS.name, theirs_steps, (1 / 3, 2 / 3, 1.0), data=data)}

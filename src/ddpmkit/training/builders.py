@@ -4,7 +4,6 @@ reject a config (or a checkpoint to resume) before any work is done. Tests and b
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any
 
