@@ -22,17 +22,18 @@ from ddpmkit.sampling import NULL_LABEL, SAMPLERS
 
 
 def _randomise(module: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
-    """Zero-initialised output layers make a fresh block the identity: random weights make every check bite."""
+    """Zero-initialised output layers make a fresh block the identity: random weights make every check bite.
+    Drawn on the CPU and copied to each parameter's device: the same weights on every device."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
-def test_cross_attention_equals_a_direct_computation_per_head():
-    attn = CrossAttention(query_dim=8, context_dim=6, num_heads=2)
+def test_cross_attention_equals_a_direct_computation_per_head(device):
+    attn = CrossAttention(query_dim=8, context_dim=6, num_heads=2).to(device)
     _randomise(attn)
-    u, c = torch.randn(3, 5, 8), torch.randn(3, 4, 6)
+    u, c = torch.randn(3, 5, 8).to(device), torch.randn(3, 4, 6).to(device)
     q, k, v = u @ attn.to_q.weight.T, c @ attn.to_k.weight.T, c @ attn.to_v.weight.T
     heads = []
     for i in range(2):  # head i: channels [4i, 4i + 4)
@@ -42,17 +43,17 @@ def test_cross_attention_equals_a_direct_computation_per_head():
     assert torch.allclose(attn(u, c), expected, atol=1e-5)
 
 
-def test_cross_attention_block_starts_as_the_identity_and_takes_any_context_length():
-    block = CrossAttentionBlock(channels=8, context_dim=6, num_heads=2, groups=4)
-    x = torch.randn(2, 8, 5, 5)
-    assert torch.equal(block(x, torch.randn(2, 3, 6)), x)  # proj_out starts at zero
+def test_cross_attention_block_starts_as_the_identity_and_takes_any_context_length(device):
+    block = CrossAttentionBlock(channels=8, context_dim=6, num_heads=2, groups=4).to(device)
+    x = torch.randn(2, 8, 5, 5).to(device)
+    assert torch.equal(block(x, torch.randn(2, 3, 6).to(device)), x)  # proj_out starts at zero
     assert torch.equal(block(x, None), x)  # no context: nothing to attend to
     _randomise(block)
-    outs = [block(x, torch.randn(2, length, 6)) for length in (1, 3, 17)]
+    outs = [block(x, torch.randn(2, length, 6).to(device)) for length in (1, 3, 17)]
     assert all(out.shape == x.shape for out in outs)
     assert not torch.allclose(outs[1], outs[2])
     # the Transformer pattern: x + proj_out(h + Attn(LN1 h) + FF(LN2 (h + Attn(LN1 h)))), h = proj_in(GN x) tokens
-    context = torch.randn(2, 3, 6)
+    context = torch.randn(2, 3, 6).to(device)
     tokens = block.proj_in(torch.nn.functional.group_norm(x, 4, block.norm.weight, block.norm.bias)
                            .flatten(2).transpose(1, 2))
     tokens = tokens + block.attn(block.norm1(tokens), context)
@@ -61,35 +62,36 @@ def test_cross_attention_block_starts_as_the_identity_and_takes_any_context_leng
     assert torch.allclose(block(x, context), expected, atol=1e-5)
 
 
-def test_one_context_token_makes_attention_blind_to_the_query_which_is_why_labels_get_several():
-    attn = CrossAttention(8, 6, 2)
+def test_one_context_token_makes_attention_blind_to_the_query_which_is_why_labels_get_several(device):
+    attn = CrossAttention(8, 6, 2).to(device)
     _randomise(attn)
-    one = torch.randn(1, 1, 6)
-    out = attn(torch.randn(1, 5, 8), one)
+    one = torch.randn(1, 1, 6).to(device)
+    out = attn(torch.randn(1, 5, 8).to(device), one)
     assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)  # every query gets the same vector
-    four = torch.randn(1, 4, 6)
-    out = attn(torch.randn(1, 5, 8), four)
+    four = torch.randn(1, 4, 6).to(device)
+    out = attn(torch.randn(1, 5, 8).to(device), four)
     assert not torch.allclose(out, out[:, :1].expand_as(out), atol=1e-3)
 
 
-def _unet(**kw) -> UNet:
+def _unet(device: torch.device | str = "cpu", **kw) -> UNet:
     config = UNetConfig.named("tiny", num_classes=3, **kw)
-    model = UNet(config).eval()
+    model = UNet(config).to(device).eval()
     _randomise(model, std=0.2)
     return model
 
 
 @pytest.mark.parametrize("conditioning", ["embedding", "cross_attention", "both"])
-def test_each_conditioning_uses_the_labels_and_the_null_class(conditioning):
+def test_each_conditioning_uses_the_labels_and_the_null_class(conditioning, device):
     kw = {} if conditioning == "embedding" else {"cross_attention_resolutions": [8]}
-    model = _unet(conditioning=conditioning, **kw)
+    model = _unet(device, conditioning=conditioning, **kw)
     assert (model.label_emb is not None) == (conditioning != "cross_attention")
     assert (model.label_tokens is not None) == (conditioning != "embedding")
-    x, t = torch.randn(3, 1, 16, 16), torch.tensor([5, 50, 500])
+    x, t = torch.randn(3, 1, 16, 16).to(device), torch.tensor([5, 50, 500]).to(device)
     with torch.no_grad():
-        by_label = [model(x, t, torch.full((3,), k)) for k in range(3)]
+        by_label = [model(x, t, torch.full((3,), k, device=device)) for k in range(3)]
         assert not torch.allclose(by_label[0], by_label[1]) and not torch.allclose(by_label[1], by_label[2])
-        assert torch.equal(model(x, t, torch.full((3,), NULL_LABEL)), model(x, t, None))  # -1 is the null class
+        null = torch.full((3,), NULL_LABEL, device=device)
+        assert torch.equal(model(x, t, null), model(x, t, None))  # -1 is the null class
 
 
 def test_cross_attention_placement_parameters_and_state_dict_names():
@@ -105,22 +107,22 @@ def test_cross_attention_placement_parameters_and_state_dict_names():
     assert sum(p.numel() for p in cross.parameters()) > sum(p.numel() for p in plain.parameters())
 
 
-def test_any_context_plugs_in_after_the_label_tokens():
-    model = _unet(conditioning="cross_attention", cross_attention_resolutions=[8], context_dim=12)
-    x, t, labels = torch.randn(2, 1, 16, 16), torch.tensor([3, 300]), torch.tensor([0, 2])
+def test_any_context_plugs_in_after_the_label_tokens(device):
+    model = _unet(device, conditioning="cross_attention", cross_attention_resolutions=[8], context_dim=12)
+    x, t, labels = (v.to(device) for v in (torch.randn(2, 1, 16, 16), torch.tensor([3, 300]), torch.tensor([0, 2])))
     with torch.no_grad():
-        text = torch.randn(2, 7, 12)  # e.g. text-encoder tokens
+        text = torch.randn(2, 7, 12).to(device)  # e.g. text-encoder tokens
         out = model(x, t, labels, context=text)
         assert out.shape == x.shape and not torch.allclose(out, model(x, t, labels))
         with pytest.raises(DdpmkitError, match=r"context must have shape \(2, L, 12\)"):
-            model(x, t, labels, context=torch.randn(2, 7, 5))
+            model(x, t, labels, context=torch.randn(2, 7, 5).to(device))
     # an unconditional UNet with cross-attention takes contexts alone
-    free = UNet(UNetConfig.named("tiny", cross_attention_resolutions=[8], context_dim=12)).eval()
+    free = UNet(UNetConfig.named("tiny", cross_attention_resolutions=[8], context_dim=12)).to(device).eval()
     _randomise(free)
     with torch.no_grad():
-        assert not torch.allclose(free(x, t, context=text), free(x, t, context=torch.randn(2, 7, 12)))
+        assert not torch.allclose(free(x, t, context=text), free(x, t, context=torch.randn(2, 7, 12).to(device)))
     with pytest.raises(DdpmkitError, match="without cross-attention"):
-        UNet(UNetConfig.named("tiny"))(x, t, context=text)
+        UNet(UNetConfig.named("tiny")).to(device)(x, t, context=text)
 
 
 def test_config_errors_name_the_fix():
@@ -132,9 +134,16 @@ def test_config_errors_name_the_fix():
         UNetConfig.named("tiny", cross_attention_resolutions=[5])
 
 
-def test_label_dropout_is_one_draw_shared_by_the_embedding_and_the_tokens():
-    model = _unet(conditioning="both", cross_attention_resolutions=[8], class_dropout_prob=1.0)
-    x, t, labels = torch.randn(4, 1, 16, 16), torch.full((4,), 100), torch.tensor([0, 1, 2, 0])
+def test_label_dropout_is_one_draw_shared_by_the_embedding_and_the_tokens(device):
+    model = _unet(device, conditioning="both", cross_attention_resolutions=[8], class_dropout_prob=1.0)
+    x, t, labels = (v.to(device) for v in (torch.randn(4, 1, 16, 16), torch.full((4,), 100),
+                                           torch.tensor([0, 1, 2, 0])))
+
+    def draw(seed: int) -> torch.Tensor:
+        """The model's single dropout draw after ``torch.manual_seed(seed)``: uniform on the labels' device."""
+        torch.manual_seed(seed)
+        return torch.rand(4, device=device) < 0.5
+
     model.train()
     with torch.no_grad():
         dropped = model(x, t, labels)
@@ -142,24 +151,25 @@ def test_label_dropout_is_one_draw_shared_by_the_embedding_and_the_tokens():
         assert torch.allclose(dropped, model(x, t, None), atol=1e-6)  # p = 1: every label is the null class
         model.train()
         model.label_emb.dropout_prob = model.label_tokens.dropout_prob = 0.5
-        torch.manual_seed(0)
+        # the first seed whose draw drops some labels and keeps others (0 on the CPU; each device has its own RNG)
+        seed = next(s for s in range(100) if 0 < draw(s).sum() < 4)
+        torch.manual_seed(seed)
         mixed = model(x, t, labels)
-        torch.manual_seed(0)
-        mask = torch.rand(4) < 0.5  # the same single draw the model makes
+        mask = draw(seed)  # the same single draw the model makes
         model.eval()
         expected = model(x, t, torch.where(mask, torch.full_like(labels, NULL_LABEL), labels))
     assert 0 < mask.sum() < 4 and torch.allclose(mixed, expected, atol=1e-6)
     assert UNetConfig().class_dropout_prob == 0.1  # the classifier-free guidance default
 
 
-def test_guidance_on_a_cross_attention_unet(tmp_path):
+def test_guidance_on_a_cross_attention_unet(tmp_path, device):
     from ddpmkit.diffusion import Diffusion
     from ddpmkit.sampling import sample
     from ddpmkit.schedule import NoiseSchedule
 
-    model = _unet(conditioning="cross_attention", cross_attention_resolutions=[8])
+    model = _unet(device, conditioning="cross_attention", cross_attention_resolutions=[8])
     d = Diffusion(NoiseSchedule.cosine(100), prediction="v")
-    labels = torch.tensor([0, 1, 2])
+    labels = torch.tensor([0, 1, 2])  # on the CPU, as callers pass them: sample moves the condition to the model
 
     def run(**kw):
         with torch.no_grad():
@@ -308,7 +318,7 @@ def test_a_folder_of_class_sub_folders_trains_a_conditional_model(tmp_path):
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_guidance_works_with_every_sampler(sampler):
+def test_guidance_works_with_every_sampler(sampler, device):
     """w = 1 is the conditional model and w = 0 the unconditional one, exactly, whatever the sampler."""
     from ddpmkit.diffusion import Diffusion
     from ddpmkit.sampling import sample
@@ -323,7 +333,7 @@ def test_guidance_works_with_every_sampler(sampler):
 
     def run(**kw):
         return sample(model, d, (2, 1, 3, 3), sampler=sampler, steps=6, generator=torch.Generator().manual_seed(0),
-                      **kw)
+                      device=device, **kw)
 
     cond, null = run(model_kwargs={"labels": labels}), run(model_kwargs={"labels": torch.full_like(labels, -1)})
     assert torch.equal(run(model_kwargs={"labels": labels}, guidance=1.0), cond)

@@ -1,4 +1,9 @@
-"""Samplers against an oracle (Gaussian data, exact ε-predictor), against each other, and pinned numbers."""
+"""Samplers against an oracle (Gaussian data, exact ε-predictor), against each other, and pinned numbers.
+
+Tests that take ``device`` run on DDPMKIT_TEST_DEVICE (cpu by default): their random numbers are drawn from CPU
+generators and moved, so every device sees the same x_T and the same noise; the sampler's own draws come from the
+CPU generator it is given too (``sampling._randn`` draws on the generator's device, then moves).
+"""
 
 import math
 
@@ -31,7 +36,7 @@ def oracle_eps(diffusion):
     ac = diffusion.schedule.alphas_cumprod
 
     def fn(x, t):
-        a = ac[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        a = ac.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         return (1 - a).sqrt() * (x - a.sqrt() * MU) / (a * SIGMA**2 + 1 - a)
 
     return fn
@@ -44,23 +49,24 @@ def exact_ode_map(diffusion, x_T):
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
-def test_ddpm_oracle_matches_data_distribution(kind):
+def test_ddpm_oracle_matches_data_distribution(kind, device):
     d = Diffusion(NoiseSchedule.from_name(kind, 1000), variance="fixed_large")
     n = 20_000
     g = torch.Generator().manual_seed(1)
-    out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64), generator=g,
-               clip_denoised=False)
+    x_T = torch.randn(n, 1, generator=g, dtype=torch.float64).to(device)
+    out = ddpm(oracle_eps(d), d, x_T, generator=g, clip_denoised=False)
+    assert out.device == x_T.device
     se_mean, se_std = SIGMA / math.sqrt(n), SIGMA / math.sqrt(2 * n)
     assert abs(out.mean().item() - MU) < 4 * se_mean
     assert abs(out.std().item() - SIGMA) < 4 * se_std + 0.002
 
 
-def test_ddpm_fixed_small_oracle_within_its_small_bias():
+def test_ddpm_fixed_small_oracle_within_its_small_bias(device):
     """β̃_t is the lower bound on the reverse variance: measured σ bias ≈ -1% (linear, T = 1000)."""
     d = Diffusion(NoiseSchedule.linear(1000), variance="fixed_small")
     n = 20_000
     g = torch.Generator().manual_seed(2)
-    out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64), generator=g,
+    out = ddpm(oracle_eps(d), d, torch.randn(n, 1, generator=g, dtype=torch.float64).to(device), generator=g,
                clip_denoised=False)
     assert abs(out.mean().item() - MU) < 4 * SIGMA / math.sqrt(n)
     assert out.std().item() == pytest.approx(SIGMA, rel=0.02)
@@ -68,10 +74,10 @@ def test_ddpm_fixed_small_oracle_within_its_small_bias():
 
 @pytest.mark.parametrize(("sampler", "steps", "tolerance"), [("ddim", 50, 0.04), ("ddim", 200, 0.01),
                                                              ("dpm++2m", 20, 0.01), ("dpm++2m", 50, 0.003)])
-def test_deterministic_samplers_follow_the_exact_ode(sampler, steps, tolerance):
+def test_deterministic_samplers_follow_the_exact_ode(sampler, steps, tolerance, device):
     """Measured on this oracle (cosine, trailing): DDIM-50 σ is ≈3% low, DPM-Solver++(2M)-20 within 0.5%."""
     d = Diffusion(NoiseSchedule.cosine(1000))
-    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
     fn = ddim if sampler == "ddim" else dpmpp_2m
     out = fn(oracle_eps(d), d, x_T.clone(), steps=steps, clip_denoised=False)
     exact = exact_ode_map(d, x_T)
@@ -81,10 +87,10 @@ def test_deterministic_samplers_follow_the_exact_ode(sampler, steps, tolerance):
     assert (out - exact).abs().max().item() < 4 * tolerance
 
 
-def test_ddim_eta1_full_steps_equals_ddpm_fixed_small():
+def test_ddim_eta1_full_steps_equals_ddpm_fixed_small(device):
     d = Diffusion(NoiseSchedule.linear(1000), variance="fixed_small")
     model = lambda x, t: torch.sin(x) * 0.3 + (t.float() / 1000).reshape(-1, 1, 1, 1) * 0.1
-    x_T = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(5))
+    x_T = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(5)).to(device)
     a = ddpm(model, d, x_T.clone(), generator=torch.Generator().manual_seed(7))
     b = ddim(model, d, x_T.clone(), steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
@@ -97,10 +103,10 @@ def test_ddim_eta1_full_steps_equals_ddpm_fixed_small():
     assert max((p - q).abs().max().item() for p, q in zip(traj_a, traj_b)) < 1e-4
 
 
-def test_ddim_eta0_is_deterministic_and_eta_changes_it():
+def test_ddim_eta0_is_deterministic_and_eta_changes_it(device):
     d = Diffusion(NoiseSchedule.cosine(100))
     model = lambda x, t: 0.5 * x
-    x_T = torch.randn(2, 1, 4, 4)
+    x_T = torch.randn(2, 1, 4, 4).to(device)
     one = ddim(model, d, x_T.clone(), steps=10, eta=0.0, generator=torch.Generator().manual_seed(0))
     two = ddim(model, d, x_T.clone(), steps=10, eta=0.0, generator=torch.Generator().manual_seed(99))
     assert torch.equal(one, two)
@@ -122,10 +128,10 @@ def test_timestep_spacings():
         timestep_spacing(100, 101)
 
 
-def test_respaced_ddpm_with_all_steps_is_plain_ddpm_and_fewer_steps_work():
+def test_respaced_ddpm_with_all_steps_is_plain_ddpm_and_fewer_steps_work(device):
     d = Diffusion(NoiseSchedule.linear(100))
     model = lambda x, t: 0.2 * x
-    x_T = torch.randn(2, 1, 2, 2)
+    x_T = torch.randn(2, 1, 2, 2).to(device)
     full = ddpm(model, d, x_T.clone(), generator=torch.Generator().manual_seed(1))
     respaced_same = ddpm(model, d, x_T.clone(), steps=100, generator=torch.Generator().manual_seed(1))
     assert torch.equal(full, respaced_same)
@@ -158,19 +164,19 @@ def run_pinned(sampler, steps, eta):
 
 
 @pytest.mark.parametrize("key", list(PINNED))
-def test_pinned_sampler_outputs(key):
+def test_pinned_sampler_outputs(key):  # CPU only: float32 numbers pinned on the CPU, another device rounds otherwise
     total, mean_abs = run_pinned(*key)
     expected = PINNED[key]
     assert total == pytest.approx(expected[0], rel=1e-5, abs=1e-5)
     assert mean_abs == pytest.approx(expected[1], rel=1e-5)
 
 
-def test_sample_entry_point_callback_and_errors():
+def test_sample_entry_point_callback_and_errors(device):
     d = Diffusion(NoiseSchedule.cosine(50))
     seen = []
     out = sample(lambda x, t: 0.1 * x, d, (3, 1, 5, 5), sampler="ddim", steps=7,
-                 generator=torch.Generator().manual_seed(0), callback=seen.append)
-    assert out.shape == (3, 1, 5, 5) and out.dtype == torch.float32
+                 generator=torch.Generator().manual_seed(0), callback=seen.append, device=device)
+    assert out.shape == (3, 1, 5, 5) and out.dtype == torch.float32 and out.device.type == device.type
     assert [s.i for s in seen] == list(range(7)) and seen[0].t == 49 and {s.num_steps for s in seen} == {7}
     assert [s.t for s in seen] == timestep_spacing(50, 7, "trailing").tolist()
     # each record chains: the x a step produced is the x_t the next step saw; the last x is the output
@@ -193,17 +199,18 @@ def labelled_model(x, t, labels):
     return torch.cat([x * 0 + value, x * 0 + variance], dim=1)
 
 
-def test_classifier_free_guidance_combines_conditional_and_null():
+def test_classifier_free_guidance_combines_conditional_and_null(device):
     """The null condition comes from the condition itself (labels -> NULL_LABEL), not from the model's config."""
-    fn = guided_model_fn(labelled_model, {"labels": torch.tensor([2, 4])}, guidance=3.0)
-    out = fn(torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]))
+    fn = guided_model_fn(labelled_model, {"labels": torch.tensor([2, 4], device=device)}, guidance=3.0)
+    out = fn(torch.zeros(2, 1, 2, 2, device=device), torch.tensor([5, 5], device=device))
     # ε_∅ + w (ε_c - ε_∅) = 10 + 3 (c - 10); the variance channel is the conditional one (-0.5)
     assert out[0, 0].unique().item() == pytest.approx(10 + 3 * (2 - 10))
     assert out[1, 0].unique().item() == pytest.approx(10 + 3 * (4 - 10))
     assert out[:, 1].unique().tolist() == [-0.5]
 
 
-def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_exactly():
+def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_exactly(device):
+    """The conditions are given on the CPU: sample() moves them (conditional and unconditional) to the device."""
     d = Diffusion(NoiseSchedule.cosine(50))
     labels = torch.tensor([1, 3])
 
@@ -211,7 +218,10 @@ def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_exactl
         return torch.tanh(x) * 0.5 + 0.1 * torch.where(labels == NULL_LABEL, 7, labels).float().reshape(-1, 1, 1, 1)
 
     def run(**kwargs):
-        return sample(model, d, (2, 1, 3, 3), steps=5, generator=torch.Generator().manual_seed(0), **kwargs)
+        out = sample(model, d, (2, 1, 3, 3), steps=5, generator=torch.Generator().manual_seed(0), device=device,
+                     **kwargs)
+        assert out.device.type == device.type
+        return out
 
     conditional = run(model_kwargs={"labels": labels})
     assert torch.equal(run(model_kwargs={"labels": labels}, guidance=1.0), conditional)
@@ -225,7 +235,7 @@ def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_exactl
         guided_model_fn(model, {"context": torch.zeros(2, 4, 8)}, 2.0)
 
 
-def test_any_callable_model_samples_without_parameters_and_the_device_comes_from_x():
+def test_any_callable_model_samples_without_parameters_and_the_device_comes_from_x(device):
     """An analytic nn.Module without parameters (the Gaussian oracle as a module) needs no next(parameters())."""
     d = Diffusion(NoiseSchedule.cosine(1000))
 
@@ -233,8 +243,8 @@ def test_any_callable_model_samples_without_parameters_and_the_device_comes_from
         def forward(self, x, t):
             return oracle_eps(d)(x, t)
 
-    out = sample(Oracle(), d, (4, 1), steps=10, x_T=torch.zeros(4, 1))
-    assert out.device.type == "cpu" and torch.isfinite(out).all()
+    out = sample(Oracle(), d, (4, 1), steps=10, x_T=torch.zeros(4, 1, device=device))
+    assert out.device.type == device.type and torch.isfinite(out).all()
 
 
 def test_one_default_step_count_per_sampler_and_one_validation():
@@ -264,7 +274,7 @@ def oracle_prediction(diffusion):
     eps_fn = oracle_eps(diffusion)
 
     def fn(x, t):
-        a = ac[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        a = ac.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         eps = eps_fn(x, t)
         x0 = MU + a.sqrt() * SIGMA**2 * (x - a.sqrt() * MU) / (a * SIGMA**2 + 1 - a)
         return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[diffusion.prediction.value]
@@ -273,20 +283,20 @@ def oracle_prediction(diffusion):
 
 
 @pytest.mark.parametrize("prediction", ["x0", "v"])
-def test_samplers_with_x0_and_v_prediction_follow_the_same_ode(prediction):
+def test_samplers_with_x0_and_v_prediction_follow_the_same_ode(prediction, device):
     d = Diffusion(NoiseSchedule.cosine(1000), prediction=prediction)
-    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
     exact = exact_ode_map(d, x_T)
     for fn, steps, tol in [(ddim, 200, 0.01), (dpmpp_2m, 50, 0.003)]:
         out = fn(oracle_prediction(d), d, x_T.clone(), steps=steps, clip_denoised=False)
         assert out.std().item() == pytest.approx(exact.std().item(), rel=tol)
 
 
-def test_zero_terminal_snr_sampling_with_v_prediction():
+def test_zero_terminal_snr_sampling_with_v_prediction(device):
     """ᾱ_T = 0: x_T is pure noise; DDIM and DPM-Solver++ must still reach the data distribution."""
     d = Diffusion(NoiseSchedule.cosine(1000).rescale_zero_terminal_snr(), prediction="v")
     assert d.schedule.alphas_cumprod[-1].item() == 0.0
-    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
     for fn in (ddim, dpmpp_2m):
         out = fn(oracle_prediction(d), d, x_T.clone(), steps=100, clip_denoised=False)
         assert torch.isfinite(out).all()
@@ -294,11 +304,11 @@ def test_zero_terminal_snr_sampling_with_v_prediction():
         assert out.std().item() == pytest.approx(SIGMA * x_T.std().item(), rel=0.03)
 
 
-def test_respaced_ddpm_oracle_reaches_the_data_distribution():
+def test_respaced_ddpm_oracle_reaches_the_data_distribution(device):
     """DDPM on 100 of 1000 steps (fixed_large, as improved-diffusion respaces): mean and σ within a few percent."""
     d = Diffusion(NoiseSchedule.cosine(1000), variance="fixed_large")
     g = torch.Generator().manual_seed(4)
-    out = ddpm(oracle_eps(d), d, torch.randn(20_000, 1, generator=g, dtype=torch.float64), steps=100,
+    out = ddpm(oracle_eps(d), d, torch.randn(20_000, 1, generator=g, dtype=torch.float64).to(device), steps=100,
                generator=g, clip_denoised=False)
     assert abs(out.mean().item() - MU) < 4 * SIGMA / math.sqrt(20_000)
     assert out.std().item() == pytest.approx(SIGMA, rel=0.03)
@@ -312,25 +322,25 @@ def reference_respaced_ddpm(model, diffusion, x, steps, generator):
         a_t = float(ac[t])
         a_s = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         beta = 1.0 - a_t / a_s
-        eps = model(x, torch.full((x.shape[0],), t))
+        eps = model(x, torch.full((x.shape[0],), t, device=x.device))
         x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
         x = math.sqrt(a_s) * beta / (1 - a_t) * x0 + math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * x
         if i + 1 < len(ts):
             small = beta * (1 - a_s) / (1 - a_t)
-            x = x + math.sqrt(small) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + math.sqrt(small) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x
 
 
-def test_respaced_ddpm_equals_the_scalar_reference():
+def test_respaced_ddpm_equals_the_scalar_reference(device):
     d = Diffusion(NoiseSchedule.linear(1000))
     model = lambda x, t: torch.sin(3 * x) * 0.5 + (t.float() / 1000).reshape(-1, 1, 1, 1)
-    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
     ours = ddpm(model, d, x_T.clone(), steps=25, generator=torch.Generator().manual_seed(1))
     ref = reference_respaced_ddpm(model, d, x_T.clone(), 25, torch.Generator().manual_seed(1))
     assert torch.allclose(ours, ref, atol=1e-10), (ours - ref).abs().max()
 
 
-def test_respace_builds_the_shorter_process():
+def test_respace_builds_the_shorter_process(device):
     """ᾱ'_i = ᾱ_{t_i}, β'_i = 1 - ᾱ'_i/ᾱ'_{i-1}; its posterior is the usual one over β'; all T steps is a no-op."""
     d = Diffusion(NoiseSchedule.cosine(1000), variance="fixed_large")
     kept = [999, 700, 350, 120, 7]
@@ -343,8 +353,12 @@ def test_respace_builds_the_shorter_process():
     assert torch.allclose(p.schedule.betas, beta, rtol=1e-12)
     assert torch.allclose(p.schedule.posterior_variance, beta * (1 - prev) / (1 - ac[sorted(kept)]), rtol=1e-12)
     # fixed_large on the respaced process: β'_i, with β̃'_1 standing in at i = 0 (as improved-diffusion)
-    step = p.p_mean_variance(torch.zeros(5, 1), torch.zeros(5, 1), torch.arange(5))
-    assert torch.allclose(step.variance.flatten()[1:].double(), beta[1:].to(step.variance.dtype).double())
+    # the respaced schedule stays on the CPU; its reverse step runs on the device
+    zeros = torch.zeros(5, 1, device=device)
+    step = p.p_mean_variance(zeros, zeros, torch.arange(5, device=device))
+    assert step.variance.device.type == device.type
+    variance = step.variance.cpu()
+    assert torch.allclose(variance.flatten()[1:].double(), beta[1:].to(variance.dtype).double())
     assert d.respace(range(1000)) is d
     with pytest.raises(DdpmkitError, match="0..999"):
         d.respace([1000])
@@ -371,10 +385,9 @@ def step_rule(name):
     return UniPCStep(order=3) if name == "unipc3" else make_step(name)
 
 
-@pytest.fixture(scope="module")
-def oracle_runs():
+def _oracle_errors(device):
     d = Diffusion(NoiseSchedule.linear(1000))
-    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
     reference = sample_loop(oracle_eps(d), d, x_T.clone(), timestep_spacing(1000, 1000, "linspace"),
                             make_step("dpm++3m"), clip_denoised=False)
     assert (reference - exact_ode_map(d, x_T)).abs().max() < 1e-3  # the reference is the exact map, nearly
@@ -386,6 +399,19 @@ def oracle_runs():
             out = sample_loop(oracle_eps(d), d, x_T.clone(), ts, step_rule(sampler), clip_denoised=False)
             errors[sampler, spacing].append((out - reference).pow(2).mean().sqrt().item())
     return errors
+
+
+@pytest.fixture(scope="module")
+def _oracle_errors_by_device():
+    return {}
+
+
+@pytest.fixture
+def oracle_runs(device, _oracle_errors_by_device):
+    """The solvers' RMS errors on ``device``, computed once per module (``device`` is function-scoped)."""
+    if device not in _oracle_errors_by_device:
+        _oracle_errors_by_device[device] = _oracle_errors(device)
+    return _oracle_errors_by_device[device]
 
 
 def _orders(errors):
@@ -432,9 +458,9 @@ def test_unipc_matches_diffusers():
             assert (ours - theirs).abs().max() < 1e-6, (sampler, steps)
 
 
-def test_unipc_from_zero_terminal_snr_and_through_sample():
+def test_unipc_from_zero_terminal_snr_and_through_sample(device):
     d = Diffusion(NoiseSchedule.cosine(1000).rescale_zero_terminal_snr(), prediction="v")
-    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
     exact = sample_loop(oracle_prediction(d), d, x_T.clone(), timestep_spacing(1000, 500, "trailing"),
                         make_step("dpm++2m"), clip_denoised=False)
     for sampler in ("unipc", "unipc3"):
@@ -443,13 +469,17 @@ def test_unipc_from_zero_terminal_snr_and_through_sample():
         assert torch.isfinite(out).all() and (out - exact).pow(2).mean().sqrt() < 0.01, sampler
     steps = []
     out = sample(lambda x, t: 0.5 * x, d, (2, 1, 4, 4), sampler="unipc", generator=torch.Generator().manual_seed(0),
-                 callback=lambda s: steps.append(s.t))
+                 callback=lambda s: steps.append(s.t), device=device)
+    assert out.device.type == device.type
     assert torch.isfinite(out).all() and len(steps) == SAMPLER_DEFAULTS["unipc"].steps and steps[0] == 999
     with pytest.raises(DdpmkitError, match="UniPC order"):
         UniPCStep(order=4)
 
 
 def test_few_step_sampler_errors_are_pinned(oracle_runs):
+    # pinned on the CPU in float64 to 7 digits; on another device only the rounding of float64 sums differs
+    # (≈1e-16 relative), which the cancellation in the smallest error (≈7e-6 of O(1) samples) amplifies to ≈1e-10:
+    # far inside rel=1e-5, the tolerance the 7 printed digits set, so the same check holds on every device
     for key, pinned in PINNED_RMS.items():
         assert oracle_runs[key] == pytest.approx(pinned, rel=1e-5), key
 
@@ -470,12 +500,18 @@ def test_logsnr_and_karras_spacings():
         timestep_spacing(1000, 10, "logsnr")
 
 
-def test_dpmpp_3m_runs_through_sample_and_the_pipeline_defaults():
+def test_dpmpp_3m_runs_through_sample_and_the_pipeline_defaults(device):
     d = Diffusion(NoiseSchedule.cosine(100))
     model = lambda x, t: 0.5 * x
-    out = sample(model, d, (2, 1, 4, 4), sampler="dpm++3m", generator=torch.Generator().manual_seed(0))
+    out = sample(model, d, (2, 1, 4, 4), sampler="dpm++3m", generator=torch.Generator().manual_seed(0), device=device)
     steps = []
     sample(model, d, (2, 1, 4, 4), sampler="dpm++3m", steps=7, spacing="karras",
-           generator=torch.Generator().manual_seed(0), callback=lambda s: steps.append(s.t))
-    assert out.shape == (2, 1, 4, 4) and torch.isfinite(out).all()
+           generator=torch.Generator().manual_seed(0), callback=lambda s: steps.append(s.t), device=device)
+    assert out.shape == (2, 1, 4, 4) and out.device.type == device.type and torch.isfinite(out).all()
     assert steps[0] == 99 and steps[-1] == 0 and len(steps) == 7
+
+
+def test_cuda_graph_needs_a_cuda_device():
+    with pytest.raises(DdpmkitError, match="cuda_graph=True needs a CUDA device"):
+        sample(lambda x, t: x, Diffusion(NoiseSchedule.cosine(10)), (2, 1, 4, 4), steps=2, device="cpu",
+               cuda_graph=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -26,11 +27,12 @@ def _small(image_size: int, mults: tuple[int, ...], **kw) -> UNetConfig:
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Add N(0, 0.05^2) noise (fixed seed) to every parameter: the zero-initialised layers (conv_out, each
-    ResBlock's conv2, attention to_out) become random, so the output depends on every input and is not all zero."""
+    ResBlock's conv2, attention to_out) become random, so the output depends on every input and is not all zero.
+    The noise is drawn on the CPU (the same on every device) and moved to each parameter's device."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+            p.add_((torch.randn(p.shape, generator=g) * 0.05).to(p.device))
     return model
 
 
@@ -38,7 +40,8 @@ def _assert_responsive(model: UNet, x: torch.Tensor, t: torch.Tensor, labels: to
     """The output is non-zero and changes with the input ``x``, with ``t`` and (if given) with the labels."""
     y = model(x, t, labels)
     assert y.abs().amax() > 1e-3, "output is (almost) all zero"
-    assert not torch.allclose(model(x + 0.5 * torch.randn_like(x), t, labels), y, atol=1e-4), "ignores x"
+    noise = torch.randn(x.shape, dtype=x.dtype).to(x.device)  # drawn on the CPU: the same on every device
+    assert not torch.allclose(model(x + 0.5 * noise, t, labels), y, atol=1e-4), "ignores x"
     assert not torch.allclose(model(x, 999 - t, labels), y, atol=1e-4), "ignores t"
     if labels is not None:
         assert not torch.allclose(model(x, t, (labels + 1) % model.config.num_classes), y, atol=1e-4), "ignores labels"
@@ -57,21 +60,21 @@ def _count(cfg: UNetConfig) -> int:
     [(28, (1, 2, 4)), (28, (1, 2, 2, 2)), (30, (1, 2, 4)), (48, (1, 2, 2, 2)), (32, (1, 2, 2, 2)),
      (64, (1, 2, 4, 8)), (27, (1, 2))],
 )
-def test_output_shape_for_every_size(size, mults):
+def test_output_shape_for_every_size(size, mults, device):
     attn = (UNetConfig(image_size=size, channel_mults=mults, base_channels=8, norm_groups=4)
             .level_resolutions()[-1],)
-    model = _randomize(UNet(_small(size, mults, in_channels=3, attention_resolutions=attn))).eval()
-    y = _assert_responsive(model, torch.randn(2, 3, size, size), torch.tensor([0, 999]))
+    model = _randomize(UNet(_small(size, mults, in_channels=3, attention_resolutions=attn))).to(device).eval()
+    y = _assert_responsive(model, torch.randn(2, 3, size, size).to(device), torch.tensor([0, 999]).to(device))
     assert y.shape == (2, 3, size, size)
 
 
 @pytest.mark.parametrize("height, width", [(27, 30), (33, 26), (30, 32)])
-def test_non_square_and_padding_crop_region(height, width):
+def test_non_square_and_padding_crop_region(height, width, device):
     """A size not divisible by 2**(levels-1) = 8 is zero-padded centred (the extra pixel of an odd padding at the
     bottom/right) and cropped back: the output is the matching window of the network's output on the explicitly
     padded input. A crop or padding off by one pixel in either axis fails this."""
-    model = _randomize(UNet(_small(28, (1, 2, 2, 2), attention_resolutions=(7,)))).eval()
-    x, t = torch.randn(2, 1, height, width), torch.tensor([5, 600])
+    model = _randomize(UNet(_small(28, (1, 2, 2, 2), attention_resolutions=(7,)))).to(device).eval()
+    x, t = torch.randn(2, 1, height, width).to(device), torch.tensor([5, 600]).to(device)
     pad_h, pad_w = -height % 8, -width % 8
     top, left = pad_h // 2, pad_w // 2
     with torch.no_grad():
@@ -84,18 +87,19 @@ def test_non_square_and_padding_crop_region(height, width):
             assert not torch.allclose(y, full[:, :, top + dy : top + dy + height, left + dx : left + dx + width])
 
 
-def test_learn_sigma_and_out_channels():
-    model = _randomize(UNet(_small(16, (1, 2), in_channels=3, learn_sigma=True))).eval()
-    y = _assert_responsive(model, torch.randn(2, 3, 16, 16), torch.tensor([1, 500]))
+def test_learn_sigma_and_out_channels(device):
+    t = torch.tensor([1, 500]).to(device)
+    model = _randomize(UNet(_small(16, (1, 2), in_channels=3, learn_sigma=True))).to(device).eval()
+    y = _assert_responsive(model, torch.randn(2, 3, 16, 16).to(device), t)
     assert y.shape == (2, 6, 16, 16)
     assert not torch.allclose(y[:, :3], y[:, 3:])  # prediction and variance channels are separate outputs
-    model = _randomize(UNet(_small(16, (1, 2), in_channels=3, out_channels=1, learn_sigma=True))).eval()
-    assert _assert_responsive(model, torch.randn(2, 3, 16, 16), torch.tensor([1, 500])).shape == (2, 2, 16, 16)
+    model = _randomize(UNet(_small(16, (1, 2), in_channels=3, out_channels=1, learn_sigma=True))).to(device).eval()
+    assert _assert_responsive(model, torch.randn(2, 3, 16, 16).to(device), t).shape == (2, 2, 16, 16)
 
 
-def test_zero_initialised_output():
-    model = UNet(_small(16, (1, 2), attention_resolutions=(8,)))
-    assert torch.count_nonzero(model(torch.randn(2, 1, 16, 16), torch.tensor([3, 4]))) == 0
+def test_zero_initialised_output(device):
+    model = UNet(_small(16, (1, 2), attention_resolutions=(8,))).to(device)
+    assert torch.count_nonzero(model(torch.randn(2, 1, 16, 16).to(device), torch.tensor([3, 4]).to(device))) == 0
     assert not model.conv_out.weight.any() and not model.down[0][0].conv2.weight.any()
 
 
@@ -136,19 +140,20 @@ def test_named_unknown_and_overrides():
         UNetConfig.named("mnist", bogus=1)
 
 
-def _forward_backward(name: str):
+def _forward_backward(name: str, device: torch.device):
     """As initialised (zero output layer), the gradient reaches conv_out, so training can start; with random
     weights, every parameter gets a finite non-zero gradient (none is disconnected)."""
     cfg = UNetConfig.named(name)
     torch.manual_seed(0)
-    x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size)
-    model = UNet(cfg)
-    y = model(x, torch.tensor([10]))
+    x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size).to(device)
+    t = torch.tensor([10]).to(device)
+    model = UNet(cfg).to(device)
+    y = model(x, t)
     (y - x).square().mean().backward()
     assert y.shape == x.shape
     assert model.conv_out.weight.grad.abs().sum() > 0
-    model = _randomize(UNet(cfg))
-    y = model(x, torch.tensor([10]))
+    model = _randomize(UNet(cfg)).to(device)
+    y = model(x, t)
     (y - x).square().mean().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
@@ -158,14 +163,14 @@ def _forward_backward(name: str):
 
 
 @pytest.mark.parametrize("name", ["tiny", "mnist"])
-def test_forward_backward_small_named(name):
-    _forward_backward(name)
+def test_forward_backward_small_named(name, device):
+    _forward_backward(name, device)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10", "pokemon64"])
-def test_forward_backward_large_named(name):
-    _forward_backward(name)
+def test_forward_backward_large_named(name, device):
+    _forward_backward(name, device)
 
 
 # ---------------------------------------------------------------- conditioning
@@ -183,20 +188,24 @@ def test_time_embedding_is_sinusoidal():
     assert timestep_embedding(t, 7).shape == (4, 7) and (timestep_embedding(t, 7)[:, -1] == 0).all()
 
 
-def test_output_depends_on_t_and_labels():
-    model = _randomize(UNet(_small(16, (1, 2), num_classes=3, attention_resolutions=(8,)))).eval()
-    x = torch.randn(2, 1, 16, 16)
-    y = model(x, torch.tensor([10, 10]), torch.tensor([0, 0]))
-    assert not torch.allclose(y, model(x, torch.tensor([500, 500]), torch.tensor([0, 0])), atol=1e-4)
-    assert not torch.allclose(y, model(x, torch.tensor([10.5, 10.5]), torch.tensor([0, 0])), atol=1e-6)
-    assert not torch.allclose(y, model(x, torch.tensor([10, 10]), torch.tensor([1, 2])), atol=1e-4)
+def test_output_depends_on_t_and_labels(device):
+    model = _randomize(UNet(_small(16, (1, 2), num_classes=3, attention_resolutions=(8,)))).to(device).eval()
+    x = torch.randn(2, 1, 16, 16).to(device)
+
+    def on(*values):
+        return torch.tensor(values).to(device)
+
+    y = model(x, on(10, 10), on(0, 0))
+    assert not torch.allclose(y, model(x, on(500, 500), on(0, 0)), atol=1e-4)
+    assert not torch.allclose(y, model(x, on(10.5, 10.5), on(0, 0)), atol=1e-6)
+    assert not torch.allclose(y, model(x, on(10, 10), on(1, 2)), atol=1e-4)
     # labels=None is the null class (index num_classes) for every sample
-    null = model(x, torch.tensor([10, 10]), torch.tensor([3, 3]))
-    torch.testing.assert_close(model(x, torch.tensor([10, 10])), null)
+    null = model(x, on(10, 10), on(3, 3))
+    torch.testing.assert_close(model(x, on(10, 10)), null)
     # and so is -1 (ddpmkit.sampling.NULL_LABEL, what guidance passes without knowing num_classes)
-    torch.testing.assert_close(model(x, torch.tensor([10, 10]), torch.tensor([-1, -1])), null)
-    # a scalar t broadcasts over the batch
-    torch.testing.assert_close(model(x, torch.tensor(10), torch.tensor([0, 0])), y)
+    torch.testing.assert_close(model(x, on(10, 10), on(-1, -1)), null)
+    # a scalar t broadcasts over the batch; it stays a CPU tensor here, which the UNet moves to x's device
+    torch.testing.assert_close(model(x, torch.tensor(10), on(0, 0)), y)
 
 
 def test_labels_on_unconditional_model_rejected():
@@ -205,38 +214,41 @@ def test_labels_on_unconditional_model_rejected():
         model(torch.randn(1, 1, 16, 16), torch.tensor([1]), torch.tensor([0]))
 
 
-def test_class_dropout_replaces_labels_in_training_only():
-    model = _randomize(UNet(_small(16, (1, 2), num_classes=3, class_dropout_prob=1.0)))
-    x, t, lab = torch.randn(2, 1, 16, 16), torch.tensor([7, 7]), torch.tensor([0, 1])
+def test_class_dropout_replaces_labels_in_training_only(device):
+    model = _randomize(UNet(_small(16, (1, 2), num_classes=3, class_dropout_prob=1.0))).to(device)
+    x, t, lab = torch.randn(2, 1, 16, 16).to(device), torch.tensor([7, 7]).to(device), torch.tensor([0, 1]).to(device)
     model.train()
     torch.testing.assert_close(model(x, t, lab), model(x, t))  # every label dropped to null
     model.eval()
     assert not torch.allclose(model(x, t, lab), model(x, t))
 
 
-def test_additive_time_conditioning_runs_and_depends_on_t():
-    model = _randomize(UNet(_small(16, (1, 2), time_conditioning="additive"))).eval()
-    x = torch.randn(1, 1, 16, 16)
-    assert not torch.allclose(model(x, torch.tensor([1])), model(x, torch.tensor([900])), atol=1e-4)
+def test_additive_time_conditioning_runs_and_depends_on_t(device):
+    model = _randomize(UNet(_small(16, (1, 2), time_conditioning="additive"))).to(device).eval()
+    x = torch.randn(1, 1, 16, 16).to(device)
+    assert not torch.allclose(model(x, torch.tensor([1]).to(device)), model(x, torch.tensor([900]).to(device)),
+                              atol=1e-4)
 
 
 # ---------------------------------------------------------------- layers against independent references
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_group_norm_act_matches_torch_reference(channels_last):
+def test_group_norm_act_matches_torch_reference(channels_last, device):
+    """On the CPU the training path is the hand-written autograd function, elsewhere the stock-op composition."""
     torch.manual_seed(0)
     B, C, G = 2, 8, 4
     x = torch.randn(B, C, 5, 6) * 3 + 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(C), torch.randn(C)
-    s, sh = torch.randn(B, C), torch.randn(B, C)
+    x = x.to(device)  # keeps the memory format
+    w, b = torch.randn(C).to(device), torch.randn(C).to(device)
+    s, sh = torch.randn(B, C).to(device), torch.randn(B, C).to(device)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     w1, w2 = w.clone().requires_grad_(), w.clone().requires_grad_()
     y1 = group_norm_film_act(x1, G, w1, b, s, sh, act=True)
     ref = F.silu(F.group_norm(x2, G, w2, b, eps=1e-5) * (1 + s[:, :, None, None]) + sh[:, :, None, None])
     torch.testing.assert_close(y1, ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(ref)
+    g = torch.randn_like(ref.cpu()).to(device)  # drawn on the CPU, in ref's memory format
     (y1 * g).sum().backward()
     (ref * g).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, atol=1e-4, rtol=1e-4)
@@ -257,12 +269,13 @@ def _manual_attention(blk: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_attention_block_matches_manual_softmax(channels_last):
+def test_attention_block_matches_manual_softmax(channels_last, device):
     torch.manual_seed(0)
     blk = AttentionBlock(8, num_heads=2, groups=4)
     assert not blk.to_out.weight.any() and not blk.to_out.bias.any()  # zero-initialised: starts as the identity
     torch.nn.init.normal_(blk.to_out.weight, std=0.1)
-    x = torch.randn(2, 8, 3, 4)
+    blk.to(device)
+    x = torch.randn(2, 8, 3, 4).to(device)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     torch.testing.assert_close(blk(x), _manual_attention(blk, x), atol=1e-5, rtol=1e-5)
@@ -280,16 +293,25 @@ def test_attention_projections_are_separate_named_linears():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_attention_takes_the_fused_sdpa_kernel(channels_last):
-    """Speed guard: q, k, v reach SDPA with stride 1 on the head dimension, so its fused (flash) CPU kernel runs,
-    forward and backward; with only that backend allowed, inputs it cannot take raise "No available kernel"."""
+def test_attention_takes_the_fused_sdpa_kernel(channels_last, device):
+    """Speed guard: q, k, v reach SDPA with stride 1 on the head dimension, so a fused kernel runs, forward and
+    backward: on the CPU its flash kernel (float32); on CUDA the flash or memory-efficient kernel under bf16 autocast,
+    as training runs there. With only those backends allowed, inputs they cannot take raise "No available kernel".
+    Head width d = 8: CUDA's memory-efficient kernel needs d % 8 == 0 in bf16."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    blk = AttentionBlock(8, num_heads=2, groups=4)
-    x = torch.randn(2, 8, 4, 4, requires_grad=True)
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    if device.type == "cpu":
+        backends, precision = [SDPBackend.FLASH_ATTENTION], contextlib.nullcontext()
+    elif device.type == "cuda":
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        precision = torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        pytest.skip(f"no fused SDPA kernel is checked on {device.type}")
+    blk = AttentionBlock(16, num_heads=2, groups=4).to(device)
+    x = torch.randn(2, 16, 4, 4).to(device).requires_grad_()
+    with sdpa_kernel(backends), precision:
         blk(x.to(memory_format=torch.channels_last) if channels_last else x).sum().backward()
-    assert blk.to_q.weight.grad is not None
+    assert blk.to_q.weight.grad is not None and x.grad is not None
 
 
 # ---------------------------------------------------------------- time-embedding projections
@@ -410,22 +432,22 @@ def test_safetensors_round_trip_identical_output(tmp_path):
 
 # ---------------------------------------------------------------- precision and determinism
 
-def test_bf16_autocast_close_to_fp32():
+def test_bf16_autocast_close_to_fp32(device):
     torch.manual_seed(0)
-    model = _randomize(UNet(_small(16, (1, 2), attention_resolutions=(8,)))).eval()
-    x, t = torch.randn(2, 1, 16, 16), torch.tensor([20, 600])
+    model = _randomize(UNet(_small(16, (1, 2), attention_resolutions=(8,)))).to(device).eval()
+    x, t = torch.randn(2, 1, 16, 16).to(device), torch.tensor([20, 600]).to(device)
     with torch.no_grad():
         ref = model(x, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             y = model(x, t)
     assert y.dtype == torch.bfloat16
     rel = (y.float() - ref).norm() / ref.norm()
     assert rel < 0.03, rel
 
 
-def test_eval_mode_is_deterministic_and_dropout_active_in_train():
-    model = _randomize(UNet(_small(16, (1, 2), dropout=0.5)))
-    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 4])
+def test_eval_mode_is_deterministic_and_dropout_active_in_train(device):
+    model = _randomize(UNet(_small(16, (1, 2), dropout=0.5))).to(device)
+    x, t = torch.randn(2, 1, 16, 16).to(device), torch.tensor([3, 4]).to(device)
     model.eval()
     assert torch.equal(model(x, t), model(x, t))
     model.train()

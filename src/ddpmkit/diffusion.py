@@ -184,7 +184,8 @@ class Diffusion:
         ``timesteps[i]`` of this process, which is what the model is called with (``result.timesteps[i]``).
         All T timesteps give back this process unchanged.
         """
-        kept = torch.as_tensor(timesteps, dtype=torch.long).flatten().unique(sorted=True)
+        # on the CPU, where the schedule lives (timesteps on a GPU could not index it)
+        kept = torch.as_tensor(timesteps, dtype=torch.long, device="cpu").flatten().unique(sorted=True)
         if kept.numel() < 1 or kept[0] < 0 or kept[-1] >= self.num_steps:
             raise DdpmkitError(f"respaced timesteps must lie in 0..{self.num_steps - 1}")
         if kept.numel() == self.num_steps:

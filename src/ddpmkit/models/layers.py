@@ -248,6 +248,7 @@ class LabelEmbedding(nn.Module):
         """The label indices used: null for None and -1, and (training mode) dropped to null with ``dropout_prob``."""
         if labels is None:
             labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        labels = labels.to(device)  # labels given on the CPU to a model on a GPU
         labels = torch.where(labels < 0, self.num_classes, labels)  # -1: the null label
         if self.training and self.dropout_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
