@@ -145,6 +145,7 @@ class Pipeline:
         callback: Callback | None = None,
         return_tensor: bool = False,
         clip_denoised: bool | None = None,
+        cuda_graph: bool | None = None,
     ) -> np.ndarray | torch.Tensor:
         """``num`` images as uint8 (N, H, W, C) (or float (N, C, H, W) in [-1, 1] with ``return_tensor``).
 
@@ -157,6 +158,8 @@ class Pipeline:
         labels, and ``clip_denoised`` (x̂_0 clipped to [-1, 1] at every step) to what the run was trained with. The
         initial noise comes from one generator seeded with ``seed`` and is drawn for all images up front, so the
         deterministic samplers (DDIM with η = 0, DPM-Solver++) give the same images whatever the batch size.
+        ``cuda_graph`` replays the UNet from a CUDA graph (default: on with CUDA; see
+        :class:`ddpmkit.sampling.CUDAGraphModelFn`).
         """
         if num < 1 or batch_size < 1:
             raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {num} and {batch_size})")
@@ -173,6 +176,7 @@ class Pipeline:
                                if self.num_classes else "this model is unconditional; drop --guidance")
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((num, *self.image_shape), generator=generator)
+        use_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         outputs = []
         bar = tqdm(total=num, desc=f"{settings.sampler} {settings.steps}", unit="img", disable=not progress)
         for start in range(0, num, batch_size):
@@ -181,7 +185,7 @@ class Pipeline:
             images = sample(self.model, self.diffusion, chunk.shape, sampler=settings.sampler, steps=settings.steps,
                             eta=settings.eta, spacing=settings.spacing, model_kwargs=chunk_kwargs, guidance=guidance,
                             generator=generator, x_T=chunk, device=self.device, autocast_dtype=self.amp_dtype,
-                            callback=callback, clip_denoised=clip_denoised)
+                            callback=callback, clip_denoised=clip_denoised, cuda_graph=use_graph)
             outputs.append(images.cpu())
             bar.update(len(chunk))
         bar.close()

@@ -500,6 +500,9 @@ def conditioned_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str
     """``model_fn(x, t)`` for the loop: the model with its condition, guidance, and autocast applied."""
     kwargs = {k: (v.to(device) if isinstance(v, Tensor) and device is not None else v)
               for k, v in (model_kwargs or {}).items()}
+    if uncond_kwargs is not None:  # the unconditional input goes to the device as the conditional one does
+        uncond_kwargs = {k: (v.to(device) if isinstance(v, Tensor) and device is not None else v)
+                         for k, v in uncond_kwargs.items()}
     if guidance is not None and guidance != 1.0:
         if not kwargs:
             raise DdpmkitError("guidance needs a condition (e.g. labels); the model was given none")
@@ -514,10 +517,50 @@ def conditioned_model_fn(model: Callable[..., Tensor], model_kwargs: Mapping[str
         return base
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
+        # no cast cache: it would hold weight copies made inside a CUDA graph's capture (PyTorch's CUDA-graph notes)
+        with torch.autocast(device_type=x.device.type, dtype=autocast_dtype, cache_enabled=False):
             return base(x, t)
 
     return fn
+
+
+class CUDAGraphModelFn:
+    """``model_fn(x, t)`` replayed from a CUDA graph: the UNet's hundreds of kernel launches recorded once per
+    input shape and replayed with one launch per step (NVIDIA's CUDA Graphs; ``torch.cuda.CUDAGraph``).
+
+    A sampling step calls the same network on tensors of the same shape every time, and on a GPU a UNet forward
+    at small batch is bound by the host launching kernels, not by the GPU running them. The graph is captured on
+    the first call of each (x shape, t shape) after warm-up calls on a side stream; every call then copies its
+    inputs into the captured buffers, replays, and returns a copy of the output. The weights and the condition
+    (labels, guidance) are fixed by the wrapped function, as they are within one ``sample`` call.
+    """
+
+    def __init__(self, model_fn: ModelFn, warmup: int = 2):
+        self.model_fn, self.warmup = model_fn, warmup
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+
+    def _capture(self, x: Tensor, t: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]:
+        static_x, static_t = x.clone(), t.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN autotuning, lazy initialisation
+            for _ in range(self.warmup):
+                self.model_fn(static_x, static_t)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.model_fn(static_x, static_t)
+        return graph, static_x, static_t, static_out
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        key = (tuple(x.shape), x.dtype, tuple(t.shape), t.dtype)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x, t)
+        graph, static_x, static_t, static_out = self.graphs[key]
+        static_x.copy_(x)
+        static_t.copy_(t)
+        graph.replay()
+        return static_out.clone()
 
 
 @contextlib.contextmanager
@@ -563,6 +606,7 @@ def sample(
     x_T: Tensor | None = None,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
+    cuda_graph: bool = False,
 ) -> Tensor:
     """Generate a batch: x_T ~ N(0, I) of ``shape`` (from ``generator``), then run ``sampler``.
 
@@ -570,7 +614,8 @@ def sample(
     carries the condition, e.g. ``{"labels": y}``. ``guidance`` ≠ 1 enables classifier-free guidance. Steps
     default per sampler (:data:`SAMPLER_DEFAULTS`). ``autocast_dtype`` (e.g. torch.bfloat16) runs the model
     under autocast while the sampler's arithmetic stays in float32. ``clip_denoised`` (x̂_0 clipped to [-1, 1] at
-    every step) defaults to the diffusion's own setting. Returns float32 images, nominally in [-1, 1].
+    every step) defaults to the diffusion's own setting. ``cuda_graph`` (CUDA only) replays the model from a CUDA
+    graph (:class:`CUDAGraphModelFn`). Returns float32 images, nominally in [-1, 1].
     """
     settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
     device = model_device(model, device, x_T)
@@ -579,6 +624,10 @@ def sample(
         x_T = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
     x = x_T.to(device, torch.float32)
     model_fn = conditioned_model_fn(model, model_kwargs, guidance, uncond_kwargs, device, autocast_dtype)
+    if cuda_graph:
+        if device.type != "cuda":
+            raise DdpmkitError(f"cuda_graph=True needs a CUDA device, not {device}")
+        model_fn = CUDAGraphModelFn(model_fn)
     timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
     with eval_mode(model):
         return sample_loop(model_fn, diffusion, x, timesteps,
