@@ -51,6 +51,13 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def configure_backend(device: torch.device) -> None:
+    """Process-wide settings for training on ``device``: on CUDA, cuDNN's autotuner (the shapes of a training
+    run never change, so the fastest convolution algorithm is picked once per shape). Nothing on CPU or MPS."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision on a device (None means plain fp32)."""
     if precision not in PRECISIONS:
