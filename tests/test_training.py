@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,32 +44,66 @@ def tiny_config(steps: int, **train) -> RunConfig:
     return config
 
 
+@contextlib.contextmanager
+def deterministic_kernels(device: torch.device):
+    """On CUDA, ask for deterministic kernels (cuDNN, cuBLAS with CUBLAS_WORKSPACE_CONFIG set by conftest); ops
+    that have none only warn. On the CPU every kernel used here is deterministic already."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def max_gap(a: dict, b: dict) -> float:
+    """Largest absolute difference between two state dicts with the same keys."""
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
 @pytest.mark.parametrize("learned,log_normal", [(False, False), (True, False), (False, True)],
                          ids=["fixed-variance", "learned-variance-importance-t", "log-normal-t"])
-def test_resume_is_bitwise_exact(tmp_path, learned, log_normal):
+def test_resume_is_bitwise_exact(tmp_path, learned, log_normal, device):
     """2N steps straight == N steps, a fresh process-like Trainer resuming, N more (data order, dropout, noise);
     with a learned variance, t importance-sampled from a loss history that warms up (T = 2) before the split;
-    with log-normal t, EDM's noise levels drawn from the run's generator."""
+    with log-normal t, EDM's noise levels drawn from the run's generator.
+
+    On the CPU the two are bitwise equal. On CUDA some backward kernels add with atomics (nearest-upsampling's,
+    the embedding's), so two straight runs can already differ in the last bits: there the resumed run must be
+    as close to the straight one as a second straight run is (bitwise when the twins are)."""
     data, n = tiny_data(), 7  # 5 batches an epoch: the split falls mid-epoch and the run crosses epochs
     config = tiny_config(2 * n, checkpoint_every=n)
+    config.override([f"train.device={device}"])
     if log_normal:
         config.override(["train.timestep_sampler=log-normal"])
     if learned:
         config.override(["diffusion.num_steps=2", "diffusion.variance=learned_range",
                          "train.timestep_sampler=loss-second-moment"])
-    straight = Trainer(config, tmp_path / "a", data=data, progress=False)
-    straight.fit()
-    first = Trainer(config, tmp_path / "b", data=data, progress=False)
-    first.fit(until=n)
-    assert first.step == n and [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_0000007"]
-    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
-    resumed = Trainer(config, tmp_path / "b", resume=tmp_path / "b", data=data, progress=False)
-    assert resumed.step == n
-    resumed.fit()
-    for name, tensor in straight.model.state_dict().items():
-        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    for name, tensor in straight.ema.state_dict().items():
-        assert torch.equal(tensor, resumed.ema.state_dict()[name]), name
+    with deterministic_kernels(device):
+        straight = Trainer(config, tmp_path / "a", data=data, progress=False)
+        straight.fit()
+        first = Trainer(config, tmp_path / "b", data=data, progress=False)
+        first.fit(until=n)
+        assert first.step == n and [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_0000007"]
+        torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
+        resumed = Trainer(config, tmp_path / "b", resume=tmp_path / "b", data=data, progress=False)
+        assert resumed.step == n
+        resumed.fit()
+        twin = None
+        if device.type != "cpu":
+            twin = Trainer(config, tmp_path / "d", data=data, progress=False)
+            twin.fit()
+    assert next(straight.model.parameters()).device.type == device.type
+    for attr in ("model", "ema"):
+        ours, theirs = getattr(straight, attr).state_dict(), getattr(resumed, attr).state_dict()
+        if twin is None:
+            for name, tensor in ours.items():
+                assert torch.equal(tensor, theirs[name]), f"{attr}.{name}"
+        else:  # resuming adds nothing to the run-to-run spread of the device's kernels
+            spread = max_gap(ours, getattr(twin, attr).state_dict())
+            assert max_gap(ours, theirs) <= 4 * spread, (attr, max_gap(ours, theirs), spread)
     assert straight.loader.state_dict() == resumed.loader.state_dict()
     if learned:
         assert first.timestep_sampler.warmed_up  # importance sampling was on before the split
@@ -80,12 +115,16 @@ def test_resume_is_bitwise_exact(tmp_path, learned, log_normal):
                            next(iter(straight.model.state_dict().values())))
 
 
-def test_training_lowers_the_loss(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_lowers_the_loss(tmp_path, precision, device):
+    """On the device under test, in fp32 and under bf16 autocast (native on GPUs, emulated on most CPUs)."""
     data = tiny_data(64)
     data.images[:] = 0  # a single image: easy to learn
     data.images[:, 2:6, 2:6] = 255
-    config = tiny_config(60, lr=3e-3, warmup_steps=5)
+    config = tiny_config(60, lr=3e-3, warmup_steps=5, precision=precision, device=device)
     trainer = Trainer(config, tmp_path / "run", data=data, progress=False)
+    assert trainer.amp_dtype == (torch.bfloat16 if precision == "bf16" else None)
+    assert next(trainer.model.parameters()).device.type == device.type
     result = trainer.fit()
     assert result.summary["final_loss"] < 0.7 * result.summary["initial_loss"]
     for name in ["loss_curve.png", "loss_by_timestep.png", "summary.json", "metrics.jsonl", "metrics.csv",
@@ -249,3 +288,33 @@ def test_eta_is_printed_once_from_the_first_metric_row(tmp_path, capsys):
     err = capsys.readouterr()
     printed = [ln for ln in (err.out + err.err).splitlines() if ln.startswith("speed over the first")]
     assert len(printed) == 1 and "2 steps" in printed[0] and "4 steps" in printed[0]
+
+
+def test_max_minutes_stops_saves_everything_and_resume_continues_exactly(tmp_path):
+    """A command cut by train.max_minutes ends like a run: checkpoint, grid and metrics of the step it reached;
+    --resume then continues the same schedule, bitwise equal to an uninterrupted run."""
+    data = tiny_data()
+    config = tiny_config(12, checkpoint_every=100, sample_every=100)
+    straight = Trainer(config, tmp_path / "a", data=data, progress=False)
+    straight.fit()
+    assert not straight.stopped_by_time
+
+    limited = tiny_config(12, checkpoint_every=100, sample_every=100, max_minutes=1e-9)  # up after one step
+    cut = Trainer(limited, tmp_path / "b", data=data, progress=False)
+    cut.fit()
+    assert cut.stopped_by_time and cut.step == 1
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_0000001"]
+    assert (tmp_path / "b" / "samples" / "latest.png").exists()
+    assert (tmp_path / "b" / "metrics.jsonl").read_text().strip()
+
+    limited.override(["train.max_minutes=null"])
+    resumed = Trainer(limited, tmp_path / "b", resume=tmp_path / "b", data=data, progress=False)
+    resumed.fit()
+    assert resumed.step == 12 and not resumed.stopped_by_time
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_max_minutes_must_be_positive(tmp_path):
+    with pytest.raises(DdpmkitError, match="max_minutes must be positive"):
+        Trainer(tiny_config(2, max_minutes=0), tmp_path / "r", data=tiny_data(), progress=False)

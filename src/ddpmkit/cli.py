@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--steps", type=int, help="optimizer steps")
     group.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop this command after so many minutes, saving as at the end (--resume continues)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
@@ -64,9 +67,13 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("grid.png"))
     p.add_argument("--individual", type=Path, metavar="DIR", help="also write one PNG per image into DIR")
     p.add_argument("--gif", action="store_true", help="also write the denoising progression as <out>.gif")
+    p.add_argument("--npz", type=Path, metavar="FILE",
+                   help="also write the images as one uint8 array 'images' (N, H, W, C) in a compressed .npz")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the UNet from a CUDA graph (default: on with CUDA)")
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
     p.add_argument("--lora", type=Path, metavar="DIR", help="apply a LoRA adapter made for this run (ddpmkit lora)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength s: 0 the base, 1 as trained")
@@ -118,7 +125,8 @@ def _delegate(command: str, rest: list[str]) -> int:
 def flag_assignments(args: argparse.Namespace) -> list[str]:
     """The training flags shared by ``train`` and ``lora`` as ``key=value`` config overrides, then ``--set``."""
     flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
-             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed}
+             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed,
+             "train.max_minutes": getattr(args, "max_minutes", None)}
     assignments = [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.steps is not None:
         assignments += [f"train.steps={args.steps}", "train.epochs=null"]
@@ -166,6 +174,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = trainer.fit()
     print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; {format_summary(result.summary)}")
+    if trainer.stopped_by_time:
+        print(f"stopped after --max-minutes {config.train.max_minutes:g} at step {result.step} of "
+              f"{trainer.total_steps}; continue with: ddpmkit train --resume {run_dir}")
     print(f"samples: {run_dir / 'samples'}; loss curve: {run_dir / 'loss_curve.png'}; "
           f"sample more with: ddpmkit sample {run_dir}")
     return 0
@@ -202,6 +213,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_writable(args.out.with_suffix(".gif"), "file", "--out")
     if args.individual:
         check_writable(args.individual, "dir", "--individual")
+    if args.npz:
+        check_writable(args.npz, "file", "--npz")
     pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights,
                              lora=args.lora, lora_scale=args.lora_scale)
     settings = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
@@ -236,7 +249,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     images = pipe.generate(args.num, sampler=settings.sampler, steps=settings.steps, eta=settings.eta, seed=args.seed,
                            spacing=settings.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
-                           progress=True, callback=callback, clip_denoised=args.clip)
+                           progress=True, callback=callback, clip_denoised=args.clip, cuda_graph=args.cuda_graph)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=nrow, row_labels=row_labels)
     written = [str(args.out)]
@@ -245,6 +258,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for i, image in enumerate(images):
             Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(args.individual / f"{i:05d}.png")
         written.append(f"{len(images)} PNGs in {args.individual}")
+    if args.npz:
+        import numpy as np
+
+        from .atomic import atomic_file
+
+        with atomic_file(args.npz) as handle:
+            np.savez_compressed(handle, images=images)
+        written.append(str(args.npz))
     if args.gif:
         frames.append(make_grid(images))
         gif = args.out.with_suffix(".gif")
@@ -273,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = None if command in DELEGATED else build_parser().parse_args(argv)
     if command in ("train", "sample", "eval", "demo"):
         keep_freed_memory()  # glibc: reuse freed activations instead of page-faulting them in every step
+        # CUDA: grow the caching allocator's segments in place instead of carving fixed blocks, so sampling after
+        # training (other shapes) reuses the memory rather than fragmenting it; a user's own setting wins
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         if command in DELEGATED:
             return _delegate(command, argv[1:])

@@ -51,6 +51,7 @@ class DiffusionConfig:
 class TrainConfig:
     steps: int | None = None             # optimizer steps; exclusive with epochs
     epochs: float | None = None          # passes over the data
+    max_minutes: float | None = None     # stop this command after so many minutes (resume continues; None: no limit)
     batch_size: int = 64
     lr: float = 2e-4
     weight_decay: float = 0.0

@@ -68,6 +68,8 @@ def validate_train_config(config: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise DdpmkitError(f"{key} must be positive (got {value})")
+    if tc.max_minutes is not None and not tc.max_minutes > 0:
+        raise DdpmkitError(f"train.max_minutes must be positive (got {tc.max_minutes}); leave it unset for no limit")
     if tc.lr <= 0 or not 0 <= tc.ema_decay < 1:
         raise DdpmkitError("train.lr must be positive and train.ema_decay in [0, 1)")
     try:

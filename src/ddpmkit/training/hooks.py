@@ -2,6 +2,8 @@
 
 A hook runs after an optimizer step when it is due: every ``every`` steps, and at the end of the run. With
 ``at_stop`` it also runs when the loop stops early (``fit(until=…)``), so a run cut short still logs and saves.
+When ``train.max_minutes`` ends a command, every hook runs once more (``final``): the grid, metrics and checkpoint
+of where it stopped, as at the end of a run; ``--resume`` continues from there.
 Hooks that write files or measure run on the main process only: :func:`is_main_process` is the one rank guard.
 """
 
@@ -173,10 +175,10 @@ def default_hooks(config: RunConfig, steps_per_epoch: int, progress: bool) -> li
     return hooks
 
 
-def run_hooks(hooks: list[Hook], trainer: Trainer, stop: int) -> None:
-    """Run the hooks due at this step (the main process only, where a hook asks for it)."""
+def run_hooks(hooks: list[Hook], trainer: Trainer, stop: int, final: bool = False) -> None:
+    """Run the hooks due at this step, or all of them when ``final`` (the main process only, where a hook asks)."""
     for hook in hooks:
-        if not hook.due(trainer.step, trainer.total_steps, stop):
+        if not (final or hook.due(trainer.step, trainer.total_steps, stop)):
             continue
         if hook.main_process_only and not is_main_process():
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..atomic import atomic_write_text
 from ..checkpoint import TRAINING_FILES, load_checkpoint, save_checkpoint
 from ..config import RunConfig
 from ..data import BatchLoader, ImageArray, load_dataset
-from ..device import autocast, autocast_dtype, resolve_precision, select_device
+from ..device import autocast, autocast_dtype, configure_backend, resolve_precision, select_device
 from ..errors import DdpmkitError
 from ..lora.base import LoRABase
 from ..models import UNet
@@ -63,6 +64,7 @@ class Trainer:
         tc = config.train
         validate_train_config(config)
         self.device = select_device(tc.device)
+        configure_backend(self.device)
         self.precision = resolve_precision(tc.precision, self.device)
         self.amp_dtype = autocast_dtype(self.precision, self.device)
 
@@ -151,6 +153,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for _ in range(tc.grad_accum):
             x0, labels = next(batches)
+            if self.device.type == "cuda":  # page-locked, so the copy is a DMA that overlaps the GPU's work
+                x0 = x0.pin_memory()
             x0 = x0.to(self.device, non_blocking=True)
             model_kwargs = {"labels": labels.to(self.device)} if self.unet_config.num_classes else {}
             t = t_weights = None
@@ -186,8 +190,16 @@ class Trainer:
     # ----- the loop -----------------------------------------------------------------------------------------
 
     def fit(self, until: int | None = None) -> TrainResult:
-        """Train to ``total_steps`` (or stop early after step ``until``, as an interruption would)."""
+        """Train to ``total_steps`` (or stop early after step ``until``, as an interruption would).
+
+        With ``train.max_minutes`` the loop also stops once that much wall time has passed since ``fit`` began,
+        after the step in flight; every hook then runs (grid, metrics, checkpoint), and ``--resume`` continues
+        the same schedule. ``self.stopped_by_time`` says whether it did.
+        """
         stop = min(self.total_steps, until) if until is not None else self.total_steps
+        max_minutes = self.config.train.max_minutes
+        deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
+        self.stopped_by_time = False
         images_per_step = self.config.train.batch_size * self.config.train.grad_accum
         batches = self.loader.batches()
         self.bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
@@ -200,7 +212,9 @@ class Trainer:
                 loss, self.last_grad_norm = self.train_step(batches)
                 self.throughput.add(loss, images_per_step)
                 self.bar.update(1)
-                run_hooks(self.hooks, self, stop)
+                if deadline is not None and self.step < stop and time.monotonic() >= deadline:
+                    self.stopped_by_time, stop = True, self.step
+                run_hooks(self.hooks, self, stop, final=self.stopped_by_time)
         finally:
             self.bar.close()
             self.bar = None

@@ -1,0 +1,7 @@
+"""``python -m ddpmkit`` is the ``ddpmkit`` command."""
+
+import sys
+
+from ddpmkit.cli import main
+
+sys.exit(main())
