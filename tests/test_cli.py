@@ -44,7 +44,8 @@ def test_train_writes_a_complete_run(trained_run):
 def test_sample_writes_grid_individual_images_and_gif(trained_run, tmp_path, capsys):
     out = tmp_path / "grid.png"
     code = main(["sample", str(trained_run), "--num", "4", "--steps", "3", "--out", str(out), "--individual",
-                 str(tmp_path / "each"), "--gif", "--device", "cpu", "--precision", "fp32"])
+                 str(tmp_path / "each"), "--gif", "--device", "cpu", "--precision", "fp32",
+                 "--npz", str(tmp_path / "images.npz")])
     assert code == 0
     assert "images/s" in capsys.readouterr().out
     assert out.exists() and (tmp_path / "grid.gif").exists()
@@ -53,6 +54,8 @@ def test_sample_writes_grid_individual_images_and_gif(trained_run, tmp_path, cap
     pipe = Pipeline.from_run(trained_run, device="cpu", precision="fp32")
     again = pipe.generate(4, sampler="ddim", steps=3, seed=0)
     assert np.array_equal(np.asarray(Image.open(singles[2])), again[2, :, :, 0])
+    with np.load(tmp_path / "images.npz", allow_pickle=False) as npz:  # the same images as one array
+        assert npz["images"].dtype == np.uint8 and np.array_equal(npz["images"], again)
     gif = Image.open(tmp_path / "grid.gif")
     assert gif.n_frames >= 2
 
