@@ -27,7 +27,7 @@ from ddpmkit.lora import (
 )
 from ddpmkit.lora.adapter import ADAPTER_JSON, ADAPTER_WEIGHTS, load_adapter
 from ddpmkit.lora.layers import LoRAConv2d
-from ddpmkit.lora.merge import merge_run
+from ddpmkit.lora.merged_run import merge_run
 from ddpmkit.models import UNet, UNetConfig
 from ddpmkit.pipeline import Pipeline
 from ddpmkit.run import RunFolder
@@ -345,3 +345,13 @@ def test_adapter_folders_without_json_or_safetensors_are_refused(adapter_dir, tm
 def lora_state_dict_keys(folder: Path) -> list[str]:
     _, tensors = load_adapter(folder)
     return sorted(tensors)
+
+
+def test_merge_stays_the_function_after_the_merge_command_is_loaded():
+    """The module of ``ddpmkit lora merge`` once shared the name ``merge`` and, once imported, replaced the package's
+    ``merge`` function with itself."""
+    import ddpmkit.lora
+    import ddpmkit.lora.cli
+    import ddpmkit.lora.merged_run  # noqa: F401  (what the merge command imports)
+
+    assert callable(ddpmkit.lora.merge) and ddpmkit.lora.merge.__module__ == "ddpmkit.lora.adapter"

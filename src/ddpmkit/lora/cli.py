@@ -114,7 +114,7 @@ def cmd_lora(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
-    from .merge import merge_run
+    from .merged_run import merge_run
 
     check_writable(args.out, "dir", "--out")
     checkpoint = merge_run(args.run, args.adapter, args.out, scale=args.scale)
