@@ -46,7 +46,7 @@ def test_paper_presets_follow_their_recipes():
     assert build_unet_config(cifar, fake_data("cifar10:x", None)).dropout == 0.1
     poke = load_preset("pokemon64")
     assert (poke.train.lr, poke.train.warmup_steps, poke.train.batch_size, poke.train.grad_clip,
-            poke.train.ema_decay, poke.train.sample_every_epochs) == (2e-4, 500, 32, 1.0, 0.9999, 10)
+            poke.train.ema_decay, poke.train.sample_every_epochs) == (2e-4, 200, 128, 1.0, 0.9999, 100)
     unet = build_unet_config(poke, fake_data("pokemon", None))
     assert unet.base_channels * unet.channel_mults[-1] == 512 and unet.num_heads == 4
 
