@@ -126,6 +126,7 @@ class Trainer:
         self.last_grad_norm = torch.zeros(())
         self.bar: tqdm | None = None
         self.eta_reported = False
+        self.stopped_by_time = False  # set by fit: whether train.max_minutes ended it
 
     # the state's parts, by name
     model = property(lambda self: self.state.model)
