@@ -35,6 +35,7 @@ import torch
 from harness import Candidate, Judge, diffusers_ema_decay, draw, load_snapshot, train
 
 from ddpmkit.data import load_dataset
+from ddpmkit.device import cpu_description
 from ddpmkit.models import UNet
 from ddpmkit.training import build_diffusion, build_unet_config
 
@@ -149,7 +150,7 @@ def main() -> None:
     theirs_final = [r for r in rows if r["recipe"] == "diffusers"][-1]
     ours_curve = [(r["train_seconds"] / 60, r["fid"]) for r in rows if r["recipe"] == "ddpmkit"]
     match = next((m for m, f in ours_curve if f <= theirs_final["fid"]), None)
-    summary = {"cpu_rates_steps_per_s": rates, "num": args.num, "floor": floor, "rows": rows,
+    summary = {"cpu": cpu_description(), "cpu_rates_steps_per_s": rates, "num": args.num, "floor": floor, "rows": rows,
                "ours_last_snapshot_with_diffusers_sampler": extra,
                "ours_first_snapshot_at_or_below_diffusers_final_minutes": match,
                "diffusers_final_fid": theirs_final["fid"], "diffusers_minutes": theirs_final["train_seconds"] / 60,

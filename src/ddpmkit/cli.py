@@ -8,13 +8,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import DdpmkitError
 from .malloc import keep_freed_memory
 from .sampling import SAMPLER_DEFAULTS, SAMPLERS, SPACINGS
 
 DEFAULT_STEPS_HELP = ", ".join(f"{name} {d.steps or 'all T'}" for name, d in SAMPLER_DEFAULTS.items())
+
+if TYPE_CHECKING:
+    import torch
 
 EXIT_USER_ERROR = 2
 
@@ -159,6 +162,19 @@ def resolve_train_config(args: argparse.Namespace):
     return config, run.path, resume_path
 
 
+def describe_device(device: torch.device) -> str:
+    """cpu: the CPU in words (a speed means little without it); cuda: the GPU's name."""
+    import torch
+
+    from .device import cpu_description
+
+    if device.type == "cpu":
+        return f"cpu, {cpu_description()}"
+    if device.type == "cuda":
+        return f"{device}, {torch.cuda.get_device_name(device)}"
+    return str(device)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .atomic import check_writable
     from .training import Trainer
@@ -168,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_writable(run_dir, "dir", "--out")
     trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
     where = f"resuming {resume_path} at step {trainer.step}" if resume_path else "new run"
-    print(f"ddpmkit train: {config.data.name} on {trainer.device} ({trainer.precision}), "
+    print(f"ddpmkit train: {config.data.name} on {describe_device(trainer.device)} ({trainer.precision}), "
           f"{trainer.total_steps} steps, UNet {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M "
           f"params -> {run_dir} ({where})", flush=True)
     start = time.perf_counter()
