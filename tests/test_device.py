@@ -23,17 +23,20 @@ SAPPHIRE = ("cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Pla
             "flags\t\t: avx2 avx512f amx_tile amx_bf16\n")
 
 
-def test_cpu_description_names_family_model_and_vector_units():
-    threads = torch.get_num_threads()
-    assert cpu_description(ZEN4) == f"AMD EPYC (family 25 model 17; AVX-512, native bf16), {threads} threads"
-    assert cpu_description(MILAN) == f"AMD EPYC (family 25 model 1; AVX2), {threads} threads"
-    assert cpu_description(SAPPHIRE) == (f"Intel(R) Xeon(R) Platinum 8480+ (family 6 model 143; AMX, native bf16), "
-                                         f"{threads} threads")
+def test_cpu_description_names_family_model_and_vector_units(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert cpu_description(ZEN4) == "AMD EPYC (family 25 model 17; AVX-512, native bf16), 2 threads"
+    assert cpu_description(MILAN) == "AMD EPYC (family 25 model 1; AVX2), 2 threads"
+    assert cpu_description(SAPPHIRE) == ("Intel(R) Xeon(R) Platinum 8480+ (family 6 model 143; AMX, native bf16), "
+                                         "2 threads")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert cpu_description(MILAN) == "AMD EPYC (family 25 model 1; AVX2), 1 thread"
 
 
-def test_cpu_description_without_cpuinfo_still_names_something():
+def test_cpu_description_without_cpuinfo_still_names_something(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     text = cpu_description("")
-    assert text.endswith(f", {torch.get_num_threads()} threads") and len(text) > len(" threads") + 3
+    assert text.endswith(", 2 threads") and len(text) > len(", 2 threads") + 3
 
 
 def test_precision_auto_on_cpu_follows_native_bf16(monkeypatch):

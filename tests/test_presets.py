@@ -86,13 +86,14 @@ def test_package_data_ships_every_preset_file():
 
 
 def test_the_default_job_is_issue_9s_labelled_recipe():
-    """mnist: labels, plain v-loss (no min-SNR), GroupNorm with 8 groups, x̂0 unclipped, 1,300 x 64 (its comments)."""
+    """mnist: labels, plain v-loss (no min-SNR), GroupNorm with 8 groups, x̂0 unclipped, 2,600 x 32 (its comments)."""
     config = load_preset("mnist")
     unet = build_unet_config(config, fake_data("mnist", None))
     assert unet.num_classes == 10 and unet.norm_groups == 8 and unet.num_res_blocks == 1
     diffusion = build_diffusion(config)
     assert diffusion.min_snr_gamma is None and diffusion.prediction == "v" and diffusion.clip_denoised is False
-    assert (config.train.steps, config.train.batch_size) == (1300, 64)
+    assert (config.train.steps, config.train.batch_size, config.train.warmup_steps) == (2600, 32, 100)
+    assert config.train.steps * config.train.batch_size == 83_200  # issue 9's budget: the same training images
     # its recommended sampler (grids, `ddpmkit sample`, Pipeline.generate): ancestral DDPM over 50 linspace steps
     assert (config.train.sample_sampler, config.train.sample_steps, config.train.sample_spacing) == ("ddpm", 50, None)
     assert load_preset("mnist-uncond").model.class_conditional is False

@@ -46,7 +46,8 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     if extensions:
         details.append(extensions + (", native bf16" if flags & {"avx512_bf16", "amx_bf16"} else ""))
     details_text = f" ({'; '.join(details)})" if details else ""
-    return f"{name}{details_text}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{name}{details_text}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
