@@ -22,6 +22,10 @@ DDPM-50, class-balanced labels, guidance 1), and its last snapshot with DDIM-50 
 
     python benchmarks/time_to_quality.py                     # the full comparison (~1 h on 2 cores)
     python benchmarks/time_to_quality.py --steps 4 --num 20 --no-inception --work /tmp/ttq-smoke   # smoke test
+    python benchmarks/time_to_quality.py --resume            # rescore the trainings a cut-off run finished
+
+``--resume`` reuses the step rates (``WORK/rates.json``) and every training that finished in ``WORK`` with the
+same configuration (its ``candidate.json`` is written last), and trains only what is missing.
 """
 
 from __future__ import annotations
@@ -53,6 +57,16 @@ DIFFUSERS = Candidate(
 )
 RESULTS = Path(__file__).parent / "results"
 DOCS = Path(__file__).parent.parent / "docs"
+
+
+def finished_training(candidate: Candidate, work: Path, steps: int) -> list[dict] | None:
+    """The snapshot rows of a training that finished in ``work`` with this candidate's configuration, else None."""
+    done = work / "candidate.json"
+    if not done.exists():
+        return None
+    if json.loads(done.read_text())["config"] != json.loads(json.dumps(candidate.config(steps).to_dict())):
+        return None
+    return json.loads((work / "snapshots.json").read_text())
 
 
 def step_rates(candidates: list[Candidate], data, rounds: int = 3, steps: int = 3) -> dict[str, float]:
@@ -111,16 +125,28 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/time_to_quality"))
     p.add_argument("--out", type=Path, default=RESULTS / "time_to_quality.json")
     p.add_argument("--plot", type=Path, default=DOCS / "time_to_quality.png")
+    p.add_argument("--resume", action="store_true", help="reuse the rates and finished trainings in --work")
     args = p.parse_args()
     data = load_dataset("mnist", "train", progress=False)
-    rates = step_rates([OURS, DIFFUSERS], data)
     ours_steps = args.steps or OURS.config().train.steps
+    rates_file = args.work / "rates.json"
+    if args.resume and rates_file.exists() and json.loads(rates_file.read_text())["ddpmkit_steps"] == ours_steps:
+        rates = json.loads(rates_file.read_text())["steps_per_s"]
+    else:
+        rates = step_rates([OURS, DIFFUSERS], data)
+        args.work.mkdir(parents=True, exist_ok=True)
+        rates_file.write_text(json.dumps({"steps_per_s": rates, "ddpmkit_steps": ours_steps}))
     theirs_steps = max(1, round(ours_steps * rates["diffusers"] / rates["ddpmkit"]))
     print(f"step rates {rates}; ddpmkit {ours_steps} steps, diffusers {theirs_steps} steps", flush=True)
     # ours also early (1/26, 2/26, 4/26 of its steps: 100, 200, 400 of 2,600): the minutes it needs to match theirs
-    snaps = {OURS.name: train(OURS, args.work / OURS.name, ours_steps, (1 / 26, 2 / 26, 4 / 26, 1 / 3, 2 / 3, 1.0),
-                              data=data),
-             DIFFUSERS.name: train(DIFFUSERS, args.work / DIFFUSERS.name, theirs_steps, (1 / 3, 2 / 3, 1.0), data=data)}
+    plan = {OURS.name: (OURS, ours_steps, (1 / 26, 2 / 26, 4 / 26, 1 / 3, 2 / 3, 1.0)),
+            DIFFUSERS.name: (DIFFUSERS, theirs_steps, (1 / 3, 2 / 3, 1.0))}
+    snaps = {}
+    for name, (candidate, steps, fractions) in plan.items():
+        reused = finished_training(candidate, args.work / name, steps) if args.resume else None
+        if reused is not None:
+            print(f"{name}: reusing the finished training in {args.work / name}", flush=True)
+        snaps[name] = reused or train(candidate, args.work / name, steps, fractions, data=data)
     judge = Judge(inception=not args.no_inception)
     floor = judge(data.images[:args.num])
     ours_train = OURS.config().train
@@ -155,7 +181,7 @@ def main() -> None:
                "ours_last_snapshot_with_diffusers_sampler": extra,
                "ours_first_snapshot_at_or_below_diffusers_final_minutes": match,
                "diffusers_final_fid": theirs_final["fid"], "diffusers_minutes": theirs_final["train_seconds"] / 60,
-               "torch_threads": torch.get_num_threads()}
+               "torch_threads": torch.get_num_threads(), "resumed": args.resume}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
     plot(rows, floor_fid, args.plot)

@@ -66,6 +66,14 @@ def test_time_to_quality_smoke(tmp_path):
     same_sampler = result["ours_last_snapshot_with_diffusers_sampler"]
     assert [(r["step"], r["sampler"]) for r in same_sampler] == [(3, "ddim-50")]
     assert plot.stat().st_size > 10_000
+    # --resume (after a cut-off run) reuses the measured rates and both finished trainings: same steps and seconds
+    again = tmp_path / "again.json"
+    stdout = _run("time_to_quality.py", "--steps", "3", "--num", "12", "--no-inception", "--work", str(tmp_path / "w"),
+                  "--out", str(again), "--plot", str(plot), "--resume", cwd=tmp_path)
+    assert stdout.count("reusing the finished training") == 2
+    resumed = json.loads(again.read_text())
+    assert resumed["resumed"] and resumed["cpu_rates_steps_per_s"] == rates
+    assert [(r["step"], r["train_seconds"]) for r in resumed["rows"]] == [(r["step"], r["train_seconds"]) for r in rows]
 
 
 def test_draw_gives_a_conditional_model_class_balanced_labels(monkeypatch):
