@@ -114,6 +114,19 @@ def train(candidate: Candidate, out_dir: Path, steps: int | None = None, snapsho
     return hook.rows
 
 
+def finished_training(candidate: Candidate, work: Path, steps: int) -> list[dict] | None:
+    """The snapshot rows of a training that ``train`` finished in ``work`` with this configuration, else None.
+
+    ``candidate.json`` is written after the last step, so its presence marks a finished training.
+    """
+    done = work / "candidate.json"
+    if not done.exists():
+        return None
+    if json.loads(done.read_text())["config"] != json.loads(json.dumps(candidate.config(steps).to_dict())):
+        return None
+    return json.loads((work / "snapshots.json").read_text())
+
+
 class Judge:
     """Samples a snapshot and scores it: classifier FID (fast proxy), Inception FID (final numbers), confidence."""
 

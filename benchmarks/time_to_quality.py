@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import Candidate, Judge, diffusers_ema_decay, draw, load_snapshot, train
+from harness import Candidate, Judge, diffusers_ema_decay, draw, finished_training, load_snapshot, train
 
 from ddpmkit.data import load_dataset
 from ddpmkit.device import cpu_description
@@ -57,16 +57,6 @@ DIFFUSERS = Candidate(
 )
 RESULTS = Path(__file__).parent / "results"
 DOCS = Path(__file__).parent.parent / "docs"
-
-
-def finished_training(candidate: Candidate, work: Path, steps: int) -> list[dict] | None:
-    """The snapshot rows of a training that finished in ``work`` with this candidate's configuration, else None."""
-    done = work / "candidate.json"
-    if not done.exists():
-        return None
-    if json.loads(done.read_text())["config"] != json.loads(json.dumps(candidate.config(steps).to_dict())):
-        return None
-    return json.loads((work / "snapshots.json").read_text())
 
 
 def step_rates(candidates: list[Candidate], data, rounds: int = 3, steps: int = 3) -> dict[str, float]:
@@ -130,8 +120,9 @@ def main() -> None:
     data = load_dataset("mnist", "train", progress=False)
     ours_steps = args.steps or OURS.config().train.steps
     rates_file = args.work / "rates.json"
-    if args.resume and rates_file.exists() and json.loads(rates_file.read_text())["ddpmkit_steps"] == ours_steps:
-        rates = json.loads(rates_file.read_text())["steps_per_s"]
+    saved = json.loads(rates_file.read_text()) if args.resume and rates_file.exists() else {}
+    if saved.get("ddpmkit_steps") == ours_steps:
+        rates = saved["steps_per_s"]
     else:
         rates = step_rates([OURS, DIFFUSERS], data)
         args.work.mkdir(parents=True, exist_ok=True)
@@ -146,7 +137,7 @@ def main() -> None:
         reused = finished_training(candidate, args.work / name, steps) if args.resume else None
         if reused is not None:
             print(f"{name}: reusing the finished training in {args.work / name}", flush=True)
-        snaps[name] = reused or train(candidate, args.work / name, steps, fractions, data=data)
+        snaps[name] = reused if reused is not None else train(candidate, args.work / name, steps, fractions, data=data)
     judge = Judge(inception=not args.no_inception)
     floor = judge(data.images[:args.num])
     ours_train = OURS.config().train

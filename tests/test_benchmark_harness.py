@@ -173,3 +173,17 @@ def test_low_noise_denoising_smoke(tmp_path):
     for r in rows:  # errors of a clamped image against data in [-1, 1]: within [0, 2], and not all zero
         assert 0 < r["background_rms"] <= 2 and 0 < r["digit_rms"] <= 2
     assert "| t | σ_t |" in stdout
+
+
+def test_default_batch_speed_smoke(tmp_path):
+    """Every recipe trains the same images once per round, and the base recipe's wall ratio to itself is 1."""
+    out = tmp_path / "speed.json"
+    stdout = _run("default_batch_speed.py", "--images", "128", "--rounds", "1", "--work", str(tmp_path / "w"),
+                  "--out", str(out), cwd=tmp_path)
+    from default_batch_speed import BASE, RECIPES
+    result = json.loads(out.read_text())
+    assert [r["recipe"] for r in result["rows"]] == list(RECIPES)
+    for r in result["rows"]:
+        assert r["images"] == 128 and r["wall_seconds"] >= 0 and r["images_per_s"] > 0
+    assert result[BASE]["wall_ratio_to_base_per_round"] == [1.0]
+    assert "wrote" in stdout
