@@ -38,7 +38,8 @@ def run_once(name: str, images: int, out: Path, precision: str) -> dict:
     steps = images // batch
     cmd = [sys.executable, "-m", "ddpmkit", "train", "--preset", preset, "--out", str(out), "--no-progress",
            "--precision", precision, "--steps", str(steps), "--batch-size", str(batch),
-           "--set", f"train.sample_every={steps}", "--set", "train.log_every=20"] + [a for o in extra for a in ("--set", o)]
+           "--set", f"train.sample_every={steps}", "--set", "train.log_every=20"]
+    cmd += [a for o in extra for a in ("--set", o)]
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     wall = float(re.search(r"trained \d+ steps in (\d+) s", text).group(1))
     with open(out / "metrics.csv") as f:
