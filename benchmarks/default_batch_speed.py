@@ -68,9 +68,9 @@ def main() -> None:
     summary = {"cpu": cpu_description(), "precision": args.precision, "command": " ".join(sys.argv), "rows": rows}
     print(f"\n| recipe | images/s (median of rounds) | wall s (median) | wall against {BASE}, per round |")
     print("|---|---|---|---|")
+    base = {r["round"]: r for r in rows if r["recipe"] == BASE}
     for name in RECIPES:
         mine = {r["round"]: r for r in rows if r["recipe"] == name}
-        base = {r["round"]: r for r in rows if r["recipe"] == BASE}
         ratios = [mine[k]["wall_seconds"] / base[k]["wall_seconds"] for k in sorted(mine)]
         summary[name] = {"images_per_s": statistics.median(r["images_per_s"] for r in mine.values()),
                          "wall_seconds": statistics.median(r["wall_seconds"] for r in mine.values()),
