@@ -141,7 +141,7 @@ CASES = [
     (["eval", RUN, "--sampler", "ddim:uniform"], "unknown timestep spacing 'uniform'"),
     (["eval", RUN, "--nll-steps", "10"], "--nll-steps applies to --nll only"),
     (["eval", RUN, "--guidance", "2"], "unconditional run: --guidance needs a class-conditional model"),
-    (["eval", "{root}/cond", "--guidance", "1,-2"], "guidance scales must be finite and at least 0"),
+    (["eval", "{root}/cond", "--guidance", "1,-2"], "--guidance must be a finite number >= 0"),
     (["eval", "{root}/cond", "--guidance", "1,strong"], "--guidance expects comma-separated numbers"),
     (["eval", RUN, "--nll", "--nll-steps", "1"], "--nll-steps must be between 2 and 100"),
     (["eval", RUN, "--num", "1"], "must be at least 2"),
@@ -204,9 +204,27 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+CATALOGUE = ROOT / "docs" / "errors.md"  # the catalogue's page; the README links to it
 BEGIN = "<!-- bad-input catalogue: written by `python tests/test_bad_input.py` from its table; do not edit -->"
 END = "<!-- end of the bad-input catalogue -->"
+INTRO = """# Errors: every bad input and its one line
+
+Bad input to any `ddpmkit` command (an unknown name, a hash mismatch, an empty folder, a path that is not CIFAR,
+an unknown `--set` key or a value of the wrong type, `--resume` with no checkpoint, a truncated or foreign
+checkpoint, a checkpoint from another model config, an output path under a file, ...) is found before any work
+starts and reported as **one line on stderr with exit status 2**, no traceback, that names the problem and the
+fix. Nothing is written: no file is created, changed or removed, and an existing run folder is left byte-for-byte
+unchanged.
+
+The table below is that catalogue. `tests/test_bad_input.py` runs every row and checks exactly the above, and that
+each message is the one shown here; `python tests/test_bad_input.py` rewrites the table from the test's list (the
+test fails when they differ). In the commands, `RUN` is a trained run, `cond` a class-conditional one, and
+`--preset tiny` stands for `--preset tiny --data digits --set data.image_size=16 --no-progress --device cpu` (the
+test's small model, for speed). LoRA fingerprints (`sha256:…`) vary by machine and are shortened.
+
+"""
 
 
 def resolve(argv: list[str], root: Path) -> list[str]:
@@ -214,7 +232,7 @@ def resolve(argv: list[str], root: Path) -> list[str]:
 
 
 def catalogue_row(argv: list[str], message: str, root: Path) -> str:
-    """One README row: the command as a user types it (RUN a trained run) -> the message, paths shortened."""
+    """One catalogue row: the command as a user types it (RUN a trained run) -> the message, paths shortened."""
     command = " ".join(argv).replace(" ".join(TINY), "--preset tiny").replace(RUN, "RUN")
     command = command.replace("{root}/", "")
     message = message.replace(str(root / "run"), "RUN").replace(f"{root}/", "").replace(str(root), ".")
@@ -223,9 +241,9 @@ def catalogue_row(argv: list[str], message: str, root: Path) -> str:
     return f"| `ddpmkit {command}` | {message.replace('|', chr(92) + '|')} |"
 
 
-def readme_rows() -> list[str]:
-    text = README.read_text()
-    assert BEGIN in text and END in text, "README lacks the bad-input catalogue: run python tests/test_bad_input.py"
+def catalogue_rows() -> list[str]:
+    text = CATALOGUE.read_text() if CATALOGUE.exists() else ""
+    assert BEGIN in text and END in text, "docs/errors.md lacks the catalogue: run python tests/test_bad_input.py"
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
     return [line for line in section.splitlines() if line.startswith("| `ddpmkit")]
 
@@ -247,15 +265,19 @@ def test_bad_input(workspace, monkeypatch, argv, expected):
     assert expected in lines[0], lines[0]
     assert out == ""
     assert snapshot(workspace) == before, "bad input changed files"
-    assert catalogue_row(argv, lines[0], workspace) in readme_rows(), "README's catalogue is stale: regenerate it"
+    assert catalogue_row(argv, lines[0], workspace) in catalogue_rows(), "docs/errors.md is stale: regenerate it"
 
 
-def test_readme_lists_the_whole_catalogue_in_order():
-    shown = [row.split(" | ")[0] for row in readme_rows()]
+def test_errors_page_lists_the_whole_catalogue_in_order():
+    shown = [row.split(" | ")[0] for row in catalogue_rows()]
     assert shown == [catalogue_row(argv, "", Path("/x")).split(" | ")[0] for argv, _ in CASES]
 
 
-if __name__ == "__main__":  # rewrite the README's catalogue from the table: python tests/test_bad_input.py
+def test_readme_links_the_catalogue():
+    assert "(docs/errors.md)" in README.read_text(), "the README should link the bad-input catalogue, docs/errors.md"
+
+
+if __name__ == "__main__":  # rewrite docs/errors.md's catalogue from the table: python tests/test_bad_input.py
     import os
     import tempfile
 
@@ -268,7 +290,12 @@ if __name__ == "__main__":  # rewrite the README's catalogue from the table: pyt
             assert code == 2, (argv, err)
             rows.append(catalogue_row(argv, err.strip().splitlines()[0], root))
     table = "\n".join(["| input | message (stderr, exit status 2) |", "|---|---|", *rows])
-    text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    README.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
-    print(f"{len(rows)} rows written to {README}")
+    text = CATALOGUE.read_text() if CATALOGUE.exists() else ""
+    if BEGIN in text and END in text:  # keep what surrounds the table
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+    else:
+        head, tail = INTRO, "\n"
+    CATALOGUE.parent.mkdir(exist_ok=True)
+    CATALOGUE.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    print(f"{len(rows)} rows written to {CATALOGUE}")

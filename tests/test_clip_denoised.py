@@ -11,8 +11,8 @@ from PIL import Image
 
 from ddpmkit import Diffusion, NoiseSchedule
 from ddpmkit.cli import main
-from ddpmkit.config import load_preset
 from ddpmkit.pipeline import Pipeline
+from ddpmkit.presets import load_preset
 from ddpmkit.sampling import SAMPLERS, sample
 from ddpmkit.training import build_diffusion
 from ddpmkit.viz import to_uint8

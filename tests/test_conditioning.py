@@ -18,6 +18,7 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.models import UNet, UNetConfig
 from ddpmkit.models.layers import CrossAttention, CrossAttentionBlock
 from ddpmkit.pipeline import Pipeline
+from ddpmkit.request import SampleRequest
 from ddpmkit.sampling import NULL_LABEL, SAMPLERS
 
 
@@ -274,9 +275,9 @@ def test_eval_sweeps_guidance_with_the_accuracy_of_the_requested_label(cond_run,
     asked = []
     original = Pipeline.generate
 
-    def spy(self, num, **kw):
-        asked.append(kw.get("guidance"))
-        return original(self, num, **kw)
+    def spy(self, request, **kw):
+        asked.append(request.guidance)  # evaluate_run passes one resolved SampleRequest per row
+        return original(self, request, **kw)
 
     monkeypatch.setattr(Pipeline, "generate", spy)
     result = evaluate_module.evaluate_run(cond_run, samplers=["dpm++2m"], steps=[2], num=20, guidance=[0, 1, 3],
@@ -290,7 +291,7 @@ def test_eval_sweeps_guidance_with_the_accuracy_of_the_requested_label(cond_run,
 
 def test_eval_refuses_guidance_on_an_unconditional_run_and_negative_scales(cond_run, tmp_path):
     code, _, err = _cli(["eval", str(cond_run), "--guidance", "1,-2", "--num", "4", "--out", str(tmp_path / "e")])
-    assert code == 2 and "guidance scales must be finite and at least 0" in err
+    assert code == 2 and "--guidance must be a finite number >= 0" in err
     plain = tmp_path / "plain"
     assert main(["train", *TINY, "--out", str(plain)]) == 0
     code, _, err = _cli(["eval", str(plain), "--guidance", "2", "--num", "4", "--out", str(tmp_path / "e")])
@@ -345,7 +346,7 @@ def test_guidance_works_with_every_sampler(sampler, device):
 def test_a_checkpoint_from_before_cross_attention_resumes_and_takes_adapters(tmp_path):
     """Older state.json files lack the new UNet fields and trained conditional models without label dropout."""
     from ddpmkit.lora import model_fingerprint
-    from ddpmkit.lora.base import LoRABase
+    from ddpmkit.training.lora import LoRABase
 
     pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
     run = tmp_path / "old"
@@ -371,6 +372,6 @@ def test_pipeline_generate_without_labels_draws_every_class_in_turn(cond_run):
     pipe = Pipeline.from_run(cond_run, device="cpu")
     as_float = dict(sampler="ddim", steps=2, seed=0, return_tensor=True)
     default = pipe.generate(12, **as_float)
-    assert pipe.balanced_labels(12) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    assert torch.equal(default, pipe.generate(12, labels=pipe.balanced_labels(12), **as_float))
+    assert pipe.resolve(SampleRequest(num=12)).labels == (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1)
+    assert torch.equal(default, pipe.generate(12, labels=[i % 10 for i in range(12)], **as_float))
     assert not torch.equal(default, pipe.generate(12, labels=[3] * 12, **as_float))

@@ -20,11 +20,11 @@ from ddpmkit.data import (
     BatchLoader,
     ImageArray,
     available_splits,
-    data_main,
     fetch,
     list_datasets,
     load_dataset,
 )
+from ddpmkit.data.cli import main as data_main
 from ddpmkit.data.named import cached_path
 from ddpmkit.data.safe_pickle import safe_loads
 from ddpmkit.data.sources import read_idx
@@ -304,18 +304,40 @@ def small():
     return ImageArray(images, np.arange(50), [], "small")
 
 
+def labelled(data: ImageArray, batch_size: int, **kwargs) -> BatchLoader:
+    """A loader whose batches carry {"labels": …}: here the labels are the image indices, to check the order."""
+    return BatchLoader(data, batch_size, model_kwargs=data.label_kwargs, **kwargs)
+
+
+def with_labels(batches):
+    """(x, labels) from (x, {"labels": labels}) batches."""
+    return [(x, kwargs["labels"]) for x, kwargs in batches]
+
+
+def test_loader_yields_the_model_kwargs(small):
+    """No model_kwargs: every batch has {} (an unconditional model); data.label_kwargs: {"labels": int64 (B,)}."""
+    x, kwargs = next(iter(BatchLoader(small, 8, seed=3)))
+    assert kwargs == {} and x.shape == (8, 3, 4, 5)
+    x2, kwargs2 = next(iter(labelled(small, 8, seed=3)))
+    assert torch.equal(x, x2) and set(kwargs2) == {"labels"}
+    labels = kwargs2["labels"]
+    assert labels.dtype == torch.int64 and labels.shape == (8,)
+    expected = small.images[labels.numpy()].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - 1
+    assert np.array_equal(x2.numpy(), expected)  # the labels belong to these images
+
+
 def test_loader_values_and_shapes(small):
-    loader = BatchLoader(small, 8, shuffle=True, seed=3)
+    loader = labelled(small, 8, shuffle=True, seed=3)
     assert len(loader) == 6 and len(BatchLoader(small, 8, drop_last=False)) == 7
     seen = []
-    for x, y in loader:
+    for x, y in with_labels(loader):
         assert x.shape == (8, 3, 4, 5) and x.dtype == torch.float32 and y.dtype == torch.int64
         expected = small.images[y.numpy()].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - 1
         assert np.array_equal(x.numpy(), expected)  # exactly p / 127.5 - 1 in float32
         seen += y.tolist()
     assert len(set(seen)) == 48  # a permutation, last 2 dropped
     assert x.min() >= -1 and x.max() <= 1
-    last = list(BatchLoader(small, 8, shuffle=False, drop_last=False))
+    last = with_labels(labelled(small, 8, shuffle=False, drop_last=False))
     assert last[-1][0].shape[0] == 2 and last[0][1].tolist() == list(range(8))
     full = torch.cat([x for x, _ in BatchLoader(small, 50, shuffle=False)])
     assert full.min() == -1.0 and full.max() == 1.0
@@ -326,25 +348,25 @@ def _take(iterator, n):
 
 
 def test_loader_exact_resume_mid_epoch(small):
-    reference = _take(BatchLoader(small, 8, hflip=True, seed=7).batches(), 20)  # 3+ epochs
+    reference = with_labels(_take(labelled(small, 8, hflip=True, seed=7).batches(), 20))  # 3+ epochs
     for cut in (4, 6, 9, 13):
-        first = BatchLoader(small, 8, hflip=True, seed=7)
+        first = labelled(small, 8, hflip=True, seed=7)
         it = first.batches()
-        got = _take(it, cut)
+        got = with_labels(_take(it, cut))
         state = json.loads(json.dumps(first.state_dict()))
-        resumed = BatchLoader(small, 8, hflip=True, seed=123)  # the seed comes from the state
+        resumed = labelled(small, 8, hflip=True, seed=123)  # the seed comes from the state
         resumed.load_state_dict(state)
-        got += _take(resumed.batches(), 20 - cut)
+        got += with_labels(_take(resumed.batches(), 20 - cut))
         for (xa, ya), (xb, yb) in zip(reference, got):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert state == {"epoch": 2, "position": 1, "seed": 7}  # cut 13 = 2 epochs of 6 + 1
 
 
 def test_loader_epoch_loop_matches_batches(small):
-    loader = BatchLoader(small, 8, seed=1)
-    by_epoch = [b for _ in range(2) for b in loader]
+    loader = labelled(small, 8, seed=1)
+    by_epoch = with_labels(b for _ in range(2) for b in loader)
     assert loader.state_dict() == {"epoch": 2, "position": 0, "seed": 1}
-    endless = _take(BatchLoader(small, 8, seed=1).batches(), 12)
+    endless = with_labels(_take(labelled(small, 8, seed=1).batches(), 12))
     assert all(torch.equal(a[1], b[1]) for a, b in zip(by_epoch, endless))
     assert not torch.equal(by_epoch[0][1], by_epoch[6][1])  # a new permutation each epoch
 
@@ -353,7 +375,7 @@ def test_loader_hflip_flips_about_half(small):
     base = torch.from_numpy(small.images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - 1)
     flips = 0
     total = 0
-    for x, y in _take(BatchLoader(small, 10, hflip=True, seed=0).batches(), 100):
+    for x, y in with_labels(_take(labelled(small, 10, hflip=True, seed=0).batches(), 100)):
         for xi, yi in zip(x, y):
             if yi < 2:
                 continue  # images 0 and 1 are constant: a mirror equals the original
@@ -362,14 +384,14 @@ def test_loader_hflip_flips_about_half(small):
             flips += mirrored
             total += 1
     assert 0.45 < flips / total < 0.55  # 1000 draws: 5 sigma is +-0.08, 0.05 is ~3 sigma
-    x, y = next(iter(BatchLoader(small, 50, hflip=False)))
+    x, y = with_labels([next(iter(labelled(small, 50, hflip=False)))])[0]
     assert torch.equal(x, base[y])
 
 
 def test_loader_determinism_per_seed(small):
-    a = [y for _, y in BatchLoader(small, 8, seed=5)]
-    b = [y for _, y in BatchLoader(small, 8, seed=5)]
-    c = [y for _, y in BatchLoader(small, 8, seed=6)]
+    a = [y for _, y in with_labels(labelled(small, 8, seed=5))]
+    b = [y for _, y in with_labels(labelled(small, 8, seed=5))]
+    c = [y for _, y in with_labels(labelled(small, 8, seed=6))]
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert not all(torch.equal(p, q) for p, q in zip(a, c))
 

@@ -22,7 +22,7 @@ from ddpmkit.demo import DemoModel, Preview
 from ddpmkit.demo.core import ALL_CLASSES, FAST_SAMPLER, MAX_IMAGES, Cancelled
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.pipeline import Pipeline
-from ddpmkit.sampling import SAMPLER_DEFAULTS
+from ddpmkit.sampling import SAMPLER_REGISTRY
 from ddpmkit.viz import grid_image
 
 pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
@@ -73,8 +73,8 @@ def test_defaults_and_what_the_run_offers(plain, cond):
     request = plain.check("dpm++2m", 20, 0, 7, 16, "3", 5.0)
     assert request.labels is None and request.guidance is None  # an unconditional run ignores hidden controls
     assert (request.sampler, request.steps, request.seed, request.num) == ("dpm++2m", 20, 7, 16)
-    assert cond.check("ddim", 10, 0.5, 0, 12, ALL_CLASSES, 2).labels == [i % 10 for i in range(12)]
-    assert cond.check("ddim", 10, 0.5, 0, 3, "7", 2).labels == [7, 7, 7]
+    assert cond.check("ddim", 10, 0.5, 0, 12, ALL_CLASSES, 2).labels == tuple(i % 10 for i in range(12))
+    assert cond.check("ddim", 10, 0.5, 0, 3, "7", 2).labels == (7, 7, 7)
     assert cond.check("ddim", 10, 0.0, 0, 3.0, "7", 2).num == 3  # sliders send floats
 
 
@@ -372,7 +372,7 @@ def test_in_a_browser_generate_shows_images_and_the_time(server):
         browser.find_element(By.ID, "generate").click()
         WebDriverWait(browser, 120).until(lambda b: "model evaluations" in b.find_element(By.ID, "timing").text)
         timing = browser.find_element(By.ID, "timing").text
-        default_nfe = SAMPLER_DEFAULTS[FAST_SAMPLER].steps  # the page opens on the fast sampler at its default
+        default_nfe = SAMPLER_REGISTRY[FAST_SAMPLER].steps  # the page opens on the fast sampler at its default
         assert "16 images in" in timing and f"{default_nfe} model evaluations" in timing, timing
         images = browser.find_elements(By.CSS_SELECTOR, "#grid img")
         assert images and images[0].get_attribute("naturalWidth") not in (None, "0")

@@ -13,7 +13,7 @@ from scipy import integrate, stats
 from ddpmkit.diffusion import Diffusion
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.likelihood import discretized_gaussian_log_likelihood, log_normal_interval, normal_kl
-from ddpmkit.sampling import ddpm
+from ddpmkit.sampling import sample
 from ddpmkit.schedule import NoiseSchedule
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 8-bit grid in [-1, 1]
@@ -113,9 +113,9 @@ def test_ddpm_with_a_learned_variance_at_an_end_equals_the_fixed_variance_sample
     learned = Diffusion(schedule, variance="learned_range")
     eps_model = lambda x, t: 0.3 * x + 0.01 * t.reshape(-1, 1, 1, 1).to(x.dtype) / 1000
     x_T = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    a = ddpm(eps_model, fixed, x_T.clone(), steps=25, generator=torch.Generator().manual_seed(1))
-    b = ddpm(lambda x, t: _output(eps_model(x, t), v), learned, x_T.clone(), steps=25,
-             generator=torch.Generator().manual_seed(1))
+    a = sample(eps_model, fixed, x_T.shape, "ddpm", steps=25, x_T=x_T, generator=torch.Generator().manual_seed(1))
+    b = sample(lambda x, t: _output(eps_model(x, t), v), learned, x_T.shape, "ddpm", steps=25, x_T=x_T,
+               generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
 
 

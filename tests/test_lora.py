@@ -31,7 +31,7 @@ from ddpmkit.lora.merged_run import merge_run
 from ddpmkit.models import UNet, UNetConfig
 from ddpmkit.pipeline import Pipeline
 from ddpmkit.run import RunFolder
-from ddpmkit.training import Trainer
+from ddpmkit.training import LoRABase, Trainer
 
 ALL = "attn,conv,mlp"
 
@@ -239,7 +239,7 @@ def test_lora_training_leaves_the_base_bitwise_unchanged(base_run, tmp_path):
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for n, p in trainer.model.named_parameters() if ".lora_" in n}
     assert len(trainer.ema._ema_params) == len(optimized)  # the EMA averages the adapters only
-    _, state = load_checkpoint(tmp_path / "lora")
+    _, state = load_checkpoint(RunFolder(tmp_path / "lora").latest_checkpoint())
     assert state["lora"]["rank"] == 4 and state["lora"]["base_fingerprint"] == trainer.lora.fingerprint
 
     # the adapter: the EMA's adapter weights only, a fraction of the base's file
@@ -279,6 +279,21 @@ def test_resume_refuses_another_base(base_run, tmp_path):
     Trainer(tiny_config(1, checkpoint_every=1, seed=3), other, data=tiny_data(), progress=False).fit()
     config.lora.base = str(RunFolder(other).latest_checkpoint())
     with pytest.raises(DdpmkitError, match=r"adapts base sha256:\w{12} but .* is sha256:\w{12}"):
+        Trainer(config, tmp_path / "a", resume=tmp_path / "a", data=tiny_data(), progress=False)
+
+
+def test_the_adapter_export_is_a_hook_and_a_lora_checkpoint_resumes_only_as_one(base_run, tmp_path):
+    """With every periodic hook replaced and an early stop, the adapter is still exported when fit returns; the
+    checkpoint's RunInfo names the base; without lora.base the run refuses to resume a LoRA checkpoint."""
+    config = lora_config(base_run, 4, checkpoint_every=2)
+    trainer = Trainer(config, tmp_path / "a", data=tiny_data(), progress=False, hooks=[])
+    trainer.fit(until=1)
+    info, _ = load_adapter(tmp_path / "a")
+    assert info.step == 1 and not RunFolder(tmp_path / "a").has_checkpoints()
+    trainer.save_checkpoint()  # a checkpoint brings the adapter of its step along
+    assert RunFolder(tmp_path / "a").info().lora["base_fingerprint"] == LoRABase.load(base_run).fingerprint
+    config.lora.base = None
+    with pytest.raises(DdpmkitError, match="is from a LoRA run"):
         Trainer(config, tmp_path / "a", resume=tmp_path / "a", data=tiny_data(), progress=False)
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpmkit.config import RunConfig, list_presets, load_preset
+from ddpmkit.config import RunConfig
 from ddpmkit.data import ImageArray
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.models import UNetConfig
-from ddpmkit.presets import list_unet_sizes, load_unet_size
+from ddpmkit.models.sizes import list_unet_sizes, load_unet_size
+from ddpmkit.presets import list_presets, load_preset
 from ddpmkit.training import build_diffusion, build_unet_config
 
 SHAPES = {"mnist": (28, 1), "fashion-mnist": (28, 1), "pokemon": (64, 3), "emoji": (64, 3), "digits": (8, 1)}
@@ -58,7 +59,7 @@ def test_unknown_model_override_is_a_clear_error():
         RunConfig.from_dict({"model": {"overrides": {"base_channels": "wide"}}})
 
 
-# ----- UNet sizes: YAML files in presets/unet/, in the same loader as the run presets
+# ----- UNet sizes: YAML files in models/unet_sizes/
 
 def test_unet_sizes_listed_beside_run_presets():
     assert {"tiny", "mnist", "cifar10", "pokemon64"} <= set(list_unet_sizes())

@@ -69,9 +69,9 @@ class CountingHook(Hook):
         super().__init__(every)
         self.counter = counter
 
-    def __call__(self, trainer):
+    def __call__(self, ctx):  # a HookContext: the run's config, folder, step and state, not the Trainer
         self.counter.count += 1
-        self.counter.history[self.counter.count % 3] += trainer.step
+        self.counter.history[self.counter.count % 3] += ctx.step
 
 
 def test_registered_state_is_saved_and_restored_and_custom_hooks_run(tmp_path):

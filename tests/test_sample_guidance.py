@@ -7,8 +7,10 @@ import pytest
 import torch
 from conftest import require_cached
 
+from ddpmkit import Diffusion, NoiseSchedule, RunInfo, UNetConfig
 from ddpmkit.cli import main
-from ddpmkit.pipeline import Pipeline, run_guidance
+from ddpmkit.config import RunConfig
+from ddpmkit.pipeline import Pipeline
 
 TRAIN = ["train", "--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu", "--steps", "2",
          "--set", "model.class_conditional=true"]
@@ -22,10 +24,13 @@ def guided_run(tmp_path_factory):
     return run
 
 
-def test_run_guidance_reads_the_config():
-    assert run_guidance({"config": {"train": {"sample_guidance": 1.5}}}) == 1.5
-    assert run_guidance({"config": {"train": {}}}) == 1.0
-    assert run_guidance({}) == 1.0  # a checkpoint without a config: no guidance
+def test_run_info_reads_the_recommended_guidance():
+    def info(config: RunConfig | None) -> RunInfo:
+        return RunInfo(UNetConfig.named("tiny"), Diffusion(NoiseSchedule.cosine(100)), config=config)
+
+    assert info(RunConfig.from_dict({"train": {"sample_guidance": 1.5}})).guidance == 1.5
+    assert info(RunConfig.from_dict({"train": {}})).guidance == 1.0
+    assert info(None).guidance == 1.0  # a checkpoint without a config: no guidance
 
 
 def test_the_pipeline_guides_as_the_run_recommends(guided_run):

@@ -9,8 +9,11 @@ import torch
 from conftest import require_cached
 from PIL import Image
 
+from ddpmkit import Diffusion, NoiseSchedule, RunInfo, UNetConfig
 from ddpmkit.cli import main
-from ddpmkit.pipeline import Pipeline, run_sampler
+from ddpmkit.config import RunConfig
+from ddpmkit.pipeline import Pipeline
+from ddpmkit.request import SampleRequest
 from ddpmkit.viz import to_uint8
 
 TRAIN = ["train", "--preset", "tiny", "--data", "digits", "--no-progress", "--device", "cpu", "--steps", "2"]
@@ -24,21 +27,30 @@ def linspace_run(tmp_path_factory):
     return run
 
 
-def test_run_sampler_reads_the_grids_sampler_from_the_config():
-    state = {"config": {"train": {"sample_sampler": "ddpm", "sample_steps": 50, "sample_spacing": "linspace"}}}
-    assert run_sampler(state) == ("ddpm", 50, "linspace")
-    assert run_sampler({"config": {"train": {"sample_sampler": "ddim", "sample_steps": 10}}}) == ("ddim", 10, None)
-    assert run_sampler({}) == ("ddim", None, None)  # a checkpoint without a config: DDIM's own defaults
+def info(train: dict | None) -> RunInfo:
+    config = None if train is None else RunConfig.from_dict({"train": train})
+    return RunInfo(UNetConfig.named("tiny"), Diffusion(NoiseSchedule.cosine(100)), config=config)
+
+
+def test_run_info_reads_the_grids_sampler_from_the_config():
+    assert info({"sample_sampler": "ddpm", "sample_steps": 50, "sample_spacing": "linspace"}).sampler == \
+        ("ddpm", 50, "linspace")
+    assert info({"sample_sampler": "ddim", "sample_steps": 10}).sampler == ("ddim", 10, None)
+    assert info(None).sampler == ("ddim", None, None)  # a checkpoint without a config: DDIM's own defaults
+
+
+def settings(pipe: Pipeline, sampler: str | None = None, steps: int | None = None, spacing: str | None = None):
+    return pipe.resolve(SampleRequest(num=1, sampler=sampler, steps=steps, spacing=spacing)).settings
 
 
 def test_the_pipeline_samples_the_runs_sampler_with_its_spacing(linspace_run):
     pipe = Pipeline.from_run(linspace_run, device="cpu", precision="fp32")
-    assert pipe.sampler_settings("ddim").spacing == "linspace"
-    assert pipe.sampler_settings("ddim", spacing="trailing").spacing == "trailing"  # the caller's choice wins
-    assert pipe.sampler_settings("dpm++2m").spacing == "trailing"  # another sampler keeps its own default
-    assert pipe.sampler_settings("dpm++2m").steps == 20
-    assert pipe.sampler_settings().steps == 10 == pipe.sampler_settings("ddim").steps  # the tiny grids: DDIM-10
-    assert pipe.sampler_settings("ddim", 7).steps == 7
+    assert settings(pipe, "ddim").spacing == "linspace"
+    assert settings(pipe, "ddim", spacing="trailing").spacing == "trailing"  # the caller's choice wins
+    assert settings(pipe, "dpm++2m").spacing == "trailing"  # another sampler keeps its own default
+    assert settings(pipe, "dpm++2m").steps == 20
+    assert settings(pipe).steps == 10 == settings(pipe, "ddim").steps  # the tiny grids: DDIM-10
+    assert settings(pipe, "ddim", 7).steps == 7
     default = pipe.generate(4, steps=5, return_tensor=True)
     assert torch.equal(default, pipe.generate(4, steps=5, spacing="linspace", return_tensor=True))
     # linspace(0, 999, 5) = 0, 250, 500, 749, 999 against trailing's 999, 799, 599, 399, 199: other images

@@ -14,12 +14,9 @@ from ddpmkit.diffusion import Diffusion
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.sampling import (
     NULL_LABEL,
-    SAMPLER_DEFAULTS,
+    SAMPLER_REGISTRY,
     UniPCStep,
     check_sampler_args,
-    ddim,
-    ddpm,
-    dpmpp_2m,
     guided_model_fn,
     make_step,
     sample,
@@ -27,6 +24,19 @@ from ddpmkit.sampling import (
     timestep_spacing,
 )
 from ddpmkit.schedule import NoiseSchedule
+
+
+def ddpm(model, diffusion, x, **kwargs):
+    """Ancestral sampling from x = x_T through the one entry point (float64 stays float64)."""
+    return sample(model, diffusion, x.shape, "ddpm", x_T=x, **kwargs)
+
+
+def ddim(model, diffusion, x, **kwargs):
+    return sample(model, diffusion, x.shape, "ddim", x_T=x, **kwargs)
+
+
+def dpmpp_2m(model, diffusion, x, **kwargs):
+    return sample(model, diffusion, x.shape, "dpm++2m", x_T=x, **kwargs)
 
 MU, SIGMA = 0.3, 0.5
 
@@ -248,7 +258,7 @@ def test_any_callable_model_samples_without_parameters_and_the_device_comes_from
 
 
 def test_one_default_step_count_per_sampler_and_one_validation():
-    assert {k: v.steps for k, v in SAMPLER_DEFAULTS.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20, "dpm++3m": 20,
+    assert {k: v.steps for k, v in SAMPLER_REGISTRY.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20, "dpm++3m": 20,
                                                                      "unipc": 10}
     assert check_sampler_args("ddpm", None, 0.0, 1000).steps == 1000
     assert check_sampler_args("ddim", None, 0.0, 1000).steps == 50
@@ -471,7 +481,7 @@ def test_unipc_from_zero_terminal_snr_and_through_sample(device):
     out = sample(lambda x, t: 0.5 * x, d, (2, 1, 4, 4), sampler="unipc", generator=torch.Generator().manual_seed(0),
                  callback=lambda s: steps.append(s.t), device=device)
     assert out.device.type == device.type
-    assert torch.isfinite(out).all() and len(steps) == SAMPLER_DEFAULTS["unipc"].steps and steps[0] == 999
+    assert torch.isfinite(out).all() and len(steps) == SAMPLER_REGISTRY["unipc"].steps and steps[0] == 999
     with pytest.raises(DdpmkitError, match="UniPC order"):
         UniPCStep(order=4)
 

@@ -20,7 +20,7 @@ from ddpmkit.config import RunConfig
 from ddpmkit.data import ImageArray
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.run import RunFolder
-from ddpmkit.training import EMA, Trainer, lr_at
+from ddpmkit.training import EMA, Hook, HookContext, Trainer, lr_at
 
 
 def list_checkpoints(run_dir):
@@ -185,7 +185,7 @@ def test_sigkill_while_saving_leaves_the_last_checkpoint_usable(tmp_path):
     proc.wait()
     assert [p.name for p in list_checkpoints(run)] == ["step_0000001", "step_0000002"]
     assert any(p.name.startswith(".tmp-step_0000003") for p in (run / "checkpoints").iterdir())
-    _, state = load_checkpoint(run)
+    _, state = load_checkpoint(RunFolder(run).latest_checkpoint())
     assert state["step"] == 2
     resumed = Trainer(tiny_config(6, checkpoint_every=1), run, resume=run, data=tiny_data(), progress=False)
     assert resumed.step == 2
@@ -199,7 +199,7 @@ def test_truncated_checkpoint_is_refused_with_a_clear_error(tmp_path):
     path = list_checkpoints(tmp_path / "run")[-1] / "ema.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DdpmkitError, match="truncated or corrupt"):
-        load_checkpoint(tmp_path / "run")
+        load_checkpoint(RunFolder(tmp_path / "run").latest_checkpoint())
 
 
 def test_ema_update_rule():
@@ -318,3 +318,139 @@ def test_max_minutes_stops_saves_everything_and_resume_continues_exactly(tmp_pat
 def test_max_minutes_must_be_positive(tmp_path):
     with pytest.raises(DdpmkitError, match="max_minutes must be positive"):
         Trainer(tiny_config(2, max_minutes=0), tmp_path / "r", data=tiny_data(), progress=False)
+
+
+# ----- the builder, the hooks' context, the end-of-run hooks, the loss's parts --------------------------------
+
+def test_the_loader_yields_the_model_kwargs_the_model_takes(tmp_path):
+    """Unconditional: {} (the loop passes nothing); class-conditional: {"labels": …} of the batch's images."""
+    data = tiny_data()
+    plain = Trainer(tiny_config(1), tmp_path / "a", data=data, progress=False)
+    x, kwargs = plain.loader.batch(0, 0)
+    assert kwargs == {} and x.shape == (8, 1, 8, 8)
+    config = tiny_config(2)
+    config.override(["model.class_conditional=true"])
+    conditional = Trainer(config, tmp_path / "b", data=data, progress=False)
+    x2, kwargs2 = conditional.loader.batch(0, 0)
+    assert torch.equal(x, x2) and set(kwargs2) == {"labels"} and kwargs2["labels"].dtype == torch.int64
+    order = conditional.loader.order(0)[:8].numpy()
+    assert kwargs2["labels"].tolist() == data.labels[order].tolist()
+    seen = []
+    forward = conditional.model.forward
+
+    def recording(x, t, labels=None):
+        seen.append(labels)
+        return forward(x, t, labels)
+
+    conditional.model.forward = recording
+    conditional.fit()
+    assert len(seen) == 2 and all(labels is not None and labels.shape == (8,) for labels in seen)
+
+
+class Recorder(Hook):
+    """Records what a hook sees: the context (not the Trainer), each step's result, and the moments it is called."""
+
+    at_stop = True
+
+    def __init__(self, every):
+        super().__init__(every)
+        self.events = []
+        self.contexts = set()
+
+    def start(self, ctx):
+        self.events.append(("start", ctx.step))
+
+    def after_step(self, ctx, result):
+        self.contexts.add(id(ctx))
+        self.events.append(("step", ctx.step, result.loss, len(result.terms), tuple(result.terms[0].t.shape)))
+
+    def __call__(self, ctx):
+        assert isinstance(ctx, HookContext) and not isinstance(ctx, Trainer)
+        assert ctx.config.train.steps == ctx.total_steps == 6 and ctx.run.path.name == "run"
+        assert ctx.state.step == ctx.step and ctx.model is ctx.state.model and ctx.logger is not None
+        self.events.append(("due", ctx.step))
+
+    def saved(self, ctx, checkpoint):
+        self.events.append(("saved", ctx.step, checkpoint.name))
+
+    def end(self, ctx):
+        self.events.append(("end", ctx.step))
+
+
+def test_hooks_see_a_context_and_each_step_result(tmp_path):
+    from ddpmkit.training.hooks import SaveCheckpoint
+
+    hook = Recorder(2)
+    config = tiny_config(6, grad_accum=2)
+    trainer = Trainer(config, tmp_path / "run", data=tiny_data(), progress=False, hooks=[hook, SaveCheckpoint(3)])
+    trainer.fit(until=3)
+    steps = [e for e in hook.events if e[0] == "step"]
+    assert [e[1] for e in steps] == [1, 2, 3]
+    assert all(np.isfinite(e[2]) and e[3] == 2 and e[4] == (8,) for e in steps)  # two micro-batches of 8
+    assert [e for e in hook.events if e[0] != "step"] == [
+        ("start", 0), ("due", 2), ("due", 3), ("saved", 3, "step_0000003"), ("end", 3)]
+    assert len(hook.contexts) == 1
+    hook.events.clear()
+    trainer.fit()
+    assert [e for e in hook.events if e[0] != "step"] == [
+        ("start", 3), ("due", 4), ("due", 6), ("saved", 6, "step_0000006"), ("end", 6)]
+
+
+def test_end_of_run_hooks_write_the_plots_and_summary_after_an_early_stop_too(tmp_path):
+    """With the default hooks replaced and fit(until=…) stopping early, the loss plots and summary.json are
+    written when fit returns; summary.json is the result's summary."""
+    import json
+
+    from ddpmkit.training.hooks import LogMetrics
+
+    run = RunFolder(tmp_path / "run")
+    trainer = Trainer(tiny_config(8), run.path, data=tiny_data(), progress=False, hooks=[LogMetrics(1)])
+    result = trainer.fit(until=4)
+    assert result.step == 4 and not run.has_checkpoints()
+    for path in (run.loss_curve, run.loss_by_timestep, run.summary_file):
+        assert path.is_file(), path
+    summary = json.loads(run.summary_file.read_text())
+    assert summary == result.summary and summary["initial_loss"] > 0
+    run.loss_curve.unlink()
+    trainer.fit()
+    assert run.loss_curve.is_file()
+
+
+def test_the_rank_guard_keeps_other_processes_from_writing(tmp_path, monkeypatch):
+    """On a process that is not rank 0 the run trains, but nothing is written: no folder, config, metrics,
+    grid, checkpoint, plot or summary."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    trainer = Trainer(tiny_config(3, sample_every=1), tmp_path / "run", data=tiny_data(), progress=False)
+    result = trainer.fit()
+    assert result.step == 3 and result.summary == {} and not (tmp_path / "run").exists()
+
+
+def test_a_learned_variance_logs_the_two_parts_of_the_loss(tmp_path):
+    """The hybrid loss L_simple + λ·L_vlb: every metric row has loss_simple and loss_vlb beside the loss, and the
+    loss is their combination; a fixed variance logs no parts."""
+    from ddpmkit.training.metrics import read_metrics
+
+    config = tiny_config(4, log_every=2)
+    config.override(["diffusion.variance=learned_range", "diffusion.vlb_weight=0.01"])
+    Trainer(config, tmp_path / "learned", data=tiny_data(), progress=False).fit()
+    rows = [r for r in read_metrics(tmp_path / "learned" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    for row in rows:
+        assert row["loss_simple"] > 0 and row["loss_vlb"] > 0
+        assert row["loss"] == pytest.approx(row["loss_simple"] + 0.01 * row["loss_vlb"], rel=1e-5)
+        assert 0.01 * row["loss_vlb"] > 1e-3 * row["loss"]  # the test would be empty if the vlb part were nothing
+    Trainer(tiny_config(2), tmp_path / "fixed", data=tiny_data(), progress=False).fit()
+    assert not any("loss_vlb" in r for r in read_metrics(tmp_path / "fixed" / "metrics.jsonl"))
+
+
+def test_checkpoints_say_what_the_run_is_through_run_info(tmp_path):
+    trainer = Trainer(tiny_config(2, checkpoint_every=2), tmp_path / "run", data=tiny_data(), progress=False)
+    trainer.fit()
+    info = RunFolder(tmp_path / "run").info()
+    assert info.step == 2 and info.unet == trainer.unet_config and info.lora is None
+    assert info.diffusion.to_dict() == trainer.diffusion.to_dict() and info.config.train.steps == 2
+    assert info.data_name == "synthetic" and info.class_names == ("a", "b", "c") and info.versions["torch"]

@@ -15,7 +15,7 @@ from ddpmkit.errors import DdpmkitError
 from ddpmkit.models import UNet, UNetConfig
 from ddpmkit.models.layers import AttentionBlock, ResBlock, timestep_embedding
 from ddpmkit.models.norm import group_norm_film_act
-from ddpmkit.presets import list_unet_sizes
+from ddpmkit.models.sizes import list_unet_sizes
 
 
 def _small(image_size: int, mults: tuple[int, ...], **kw) -> UNetConfig:

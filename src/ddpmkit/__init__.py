@@ -7,14 +7,13 @@
 >>> x = dk.sample(model, diffusion, (16, 1, 28, 28), sampler="ddim", steps=50)  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from .diffusion import Diffusion, LossType, Prediction, Variance  # noqa: E402
-from .errors import DdpmkitError  # noqa: E402
-from .models import UNet, UNetConfig  # noqa: E402
-from .run import RunFolder  # noqa: E402
-from .sampling import SamplerStep, ddim, ddpm, dpmpp_2m, sample, timestep_spacing  # noqa: E402
-from .schedule import NoiseSchedule  # noqa: E402
+from .diffusion import Diffusion, LossType, Prediction, Variance
+from .errors import DdpmkitError
+from .models import UNet, UNetConfig
+from .run import RunFolder, RunInfo
+from .sampling import SAMPLERS, SamplerStep, sample, timestep_spacing
+from .schedule import NoiseSchedule
+from .version import __version__
 
 
 def __getattr__(name: str):
@@ -27,6 +26,10 @@ def __getattr__(name: str):
         from .training import Trainer
 
         return Trainer
+    if name == "SampleRequest":
+        from .request import SampleRequest
+
+        return SampleRequest
     if name == "RunConfig":
         from .config import RunConfig
 
@@ -34,6 +37,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ddpmkit' has no attribute {name!r}")
 
 
-__all__ = ["DdpmkitError", "Diffusion", "LossType", "NoiseSchedule", "Pipeline", "Prediction", "RunConfig", "RunFolder",
-           "SamplerStep", "Trainer", "UNet", "UNetConfig", "Variance", "ddim", "ddpm", "dpmpp_2m", "sample",
-           "timestep_spacing"]
+__all__ = ["SAMPLERS", "DdpmkitError", "Diffusion", "LossType", "NoiseSchedule", "Pipeline", "Prediction", "RunConfig",
+           "RunFolder", "RunInfo", "SampleRequest", "SamplerStep", "Trainer", "UNet", "UNetConfig", "Variance",
+           "__version__", "sample", "timestep_spacing"]

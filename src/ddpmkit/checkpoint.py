@@ -1,12 +1,13 @@
 """Checkpoints: tensors in safetensors, everything else in JSON, written atomically.
 
-A checkpoint is a folder (in a run: ``checkpoints/step_0001234/``, see :mod:`ddpmkit.run`) holding
+A checkpoint is a folder (in a run: ``checkpoints/step_0001234/``; :mod:`ddpmkit.run` finds it) holding
 
     model.safetensors       the trained weights
     ema.safetensors         the EMA weights (used for all sampling)
     optimizer.safetensors   the optimizer's per-parameter state tensors
     rng.safetensors         torch RNG states (global CPU, CUDA, and the trainer's generator)
-    state.json              step, epoch, data-loader position, optimizer hyper-parameters, config, versions
+    state.json              the run's metadata (:class:`ddpmkit.run.RunInfo`: model, diffusion and run configs, data,
+                            versions) and the training state (step, epoch, loader position, optimizer settings)
 
 It is written into a temporary folder beside the final one, every file fsynced, then renamed into place in one
 step: a crash, a SIGKILL or a full disk leaves the previous checkpoints untouched and at worst a ``.tmp-*``
@@ -28,9 +29,13 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import fsync_dir
 from .errors import DdpmkitError
-from .run import RunFolder
 
 FORMAT = "ddpmkit-checkpoint-v1"
+
+
+def tensor_file(checkpoint: Path, name: str) -> Path:
+    """The safetensors file of one group ("model", "ema", "optimizer", "rng", …) in a checkpoint folder."""
+    return Path(checkpoint) / f"{name}.safetensors"
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -75,7 +80,7 @@ def save_checkpoint(final: Path, tensors: dict[str, dict[str, torch.Tensor]], st
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         for name, group in tensors.items():
-            _save_tensors(group, tmp / f"{name}.safetensors")
+            _save_tensors(group, tensor_file(tmp, name))
         payload = json.dumps({"format": FORMAT, **state}, indent=1)
         with open(tmp / "state.json", "w") as handle:
             handle.write(payload)
@@ -114,16 +119,16 @@ TRAINING_FILES = ("model", "ema", "optimizer", "rng")
 
 def load_checkpoint(path: Path, names: tuple[str, ...] | None = None,
                     required: tuple[str, ...] = ()) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint folder (or a run folder's newest): ({'model': …, 'ema': …, …}, state).
+    """Read one checkpoint folder (``RunFolder.locate`` finds it in a run): ({'model': …, 'ema': …, …}, state).
 
     Truncated or foreign files are refused with a one-line error.
 
     ``names`` limits which safetensors files are read (sampling needs only "ema"); ``required`` lists files that
     must be present (resuming needs all of TRAINING_FILES).
     """
-    _, path = RunFolder.locate(path)
+    path = Path(path)
     state = read_state(path)
-    missing = [name for name in required if not (path / f"{name}.safetensors").is_file()]
+    missing = [name for name in required if not tensor_file(path, name).is_file()]
     if missing:
         raise DdpmkitError(f"{path} lacks {', '.join(m + '.safetensors' for m in missing)}; "
                            "resume from a complete checkpoint")

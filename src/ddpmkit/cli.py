@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
+from .cli_args import EXIT_USER_ERROR, OneLineParser, add_training_flags, flag_assignments
 from .errors import DdpmkitError
 from .malloc import keep_freed_memory
-from .sampling import SAMPLER_DEFAULTS, SAMPLERS, SPACINGS
+from .sampling import SAMPLER_REGISTRY, SAMPLERS, SPACINGS
 
-DEFAULT_STEPS_HELP = ", ".join(f"{name} {d.steps or 'all T'}" for name, d in SAMPLER_DEFAULTS.items())
+DEFAULT_STEPS_HELP = ", ".join(f"{name} {d.steps or 'all T'}" for name, d in SAMPLER_REGISTRY.items())
 
 if TYPE_CHECKING:
     import torch
-
-EXIT_USER_ERROR = 2
-
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a diffusion model (default: the mnist preset on this machine)",
@@ -30,19 +28,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run folder (default runs/<preset>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue the newest checkpoint of the run folder, or the run/checkpoint at PATH")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, help="optimizer steps")
-    group.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--max-minutes", type=float,
-                   help="stop this command after so many minutes, saving as at the end (--resume continues)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
-    p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.ema_decay=0.999 --set model.dropout=0.1")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_flags(p)
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -82,13 +68,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-scale", type=float, default=1.0, help="adapter strength s: 0 the base, 1 as trained")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with its usage errors on one line (and exit status 2), like every other ddpmkit error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 # Commands with parsers of their own (data, eval, demo, lora): ``ddpmkit NAME ...`` hands them the rest of argv.
 DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
              "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)",
@@ -109,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _delegate(command: str, rest: list[str]) -> int:
     if command == "data":
-        from .data import data_main
+        from .data.cli import main as data_main
 
         return data_main(rest)
     if command == "demo":
@@ -125,22 +104,9 @@ def _delegate(command: str, rest: list[str]) -> int:
     return eval_main(rest)
 
 
-def flag_assignments(args: argparse.Namespace) -> list[str]:
-    """The training flags shared by ``train`` and ``lora`` as ``key=value`` config overrides, then ``--set``."""
-    flags = {"data.name": args.data, "train.batch_size": args.batch_size, "train.lr": args.lr,
-             "train.precision": args.precision, "train.device": args.device, "train.seed": args.seed,
-             "train.max_minutes": getattr(args, "max_minutes", None)}
-    assignments = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    if args.steps is not None:
-        assignments += [f"train.steps={args.steps}", "train.epochs=null"]
-    if args.epochs is not None:
-        assignments += [f"train.epochs={args.epochs}", "train.steps=null"]
-    return assignments + list(args.overrides)
-
-
 def resolve_train_config(args: argparse.Namespace):
     """(config, run folder, checkpoint to resume or None) from the train flags."""
-    from .config import load_preset
+    from .presets import load_preset
     from .run import RunFolder
 
     resume_path = None
@@ -177,6 +143,7 @@ def describe_device(device: torch.device) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .atomic import check_writable
+    from .run import RunFolder
     from .training import Trainer
     from .training.plots import format_summary
 
@@ -193,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.stopped_by_time:
         print(f"stopped after --max-minutes {config.train.max_minutes:g} at step {result.step} of "
               f"{trainer.total_steps}; continue with: ddpmkit train --resume {run_dir}")
-    print(f"samples: {run_dir / 'samples'}; loss curve: {run_dir / 'loss_curve.png'}; "
+    run = RunFolder(run_dir)
+    print(f"samples: {run.samples_dir}; loss curve: {run.loss_curve}; "
           f"sample more with: ddpmkit sample {run_dir}")
     return 0
 
@@ -203,9 +171,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .atomic import check_writable
     from .pipeline import Pipeline
+    from .request import SampleRequest
+    from .run import RunFolder
     from .viz import make_grid, save_gif, save_grid, to_uint8
 
-    # every check before any work: arguments, output paths, then the run itself
+    # every check before any work: arguments, output paths, the request against the run, then the weights
     labels = None
     if args.labels:
         try:
@@ -217,11 +187,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise DdpmkitError(f"--per-class must be at least 1 (got {args.per_class})")
         if labels is not None:
             raise DdpmkitError("--per-class draws every class: drop --labels (or drop --per-class)")
-    if args.guidance is not None and not (args.guidance >= 0 and math.isfinite(args.guidance)):
-        raise DdpmkitError(f"--guidance must be a finite number >= 0 (0 unconditional, 1 conditional), "
-                           f"got {args.guidance}")
-    if args.num < 1 or args.batch_size < 1:
-        raise DdpmkitError(f"--num and --batch-size must be at least 1 (got {args.num} and {args.batch_size})")
+    request = SampleRequest(num=args.num, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+                            clip_denoised=args.clip, labels=labels, guidance=args.guidance, seed=args.seed,
+                            batch_size=args.batch_size)
     if args.gif and args.num > args.batch_size:
         raise DdpmkitError("--gif records one batch: use --num no larger than --batch-size")
     check_writable(args.out, "file", "--out")
@@ -231,41 +199,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
         check_writable(args.individual, "dir", "--individual")
     if args.npz:
         check_writable(args.npz, "file", "--npz")
-    pipe = Pipeline.from_run(args.run, device=args.device, precision=args.precision, weights=args.weights,
-                             lora=args.lora, lora_scale=args.lora_scale)
-    settings = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
-    if args.guidance is not None and args.guidance != 1.0 and pipe.num_classes is None:
-        raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: guidance needs a class-conditional model; "
-                           "drop --guidance")
-    row_labels, nrow = None, None
+    run, checkpoint = RunFolder.locate(args.run)
+    info = run.info(checkpoint)
+    row_labels, nrow, k = None, None, info.num_classes
     if args.per_class is not None:
-        if pipe.num_classes is None:
-            raise DdpmkitError(f"{pipe.checkpoint} is an unconditional run: --per-class needs a class-conditional "
+        if k is None:
+            raise DdpmkitError(f"{checkpoint} is an unconditional run: --per-class needs a class-conditional "
                                "model; use --num")
-        args.num, nrow = args.per_class * pipe.num_classes, args.per_class
-        labels = [k for k in range(pipe.num_classes) for _ in range(args.per_class)]
-        names = pipe.class_names if len(pipe.class_names) == pipe.num_classes else range(pipe.num_classes)
+        request = dataclasses.replace(request, num=args.per_class * k,
+                                      labels=tuple(c for c in range(k) for _ in range(args.per_class)))
+        nrow = args.per_class
+        names = info.class_names if len(info.class_names) == k else range(k)
         row_labels = [str(name) for name in names]
-        if args.gif and args.num > args.batch_size:
-            raise DdpmkitError(f"--gif records one batch: --per-class {args.per_class} draws {args.num} images, "
+        if args.gif and request.num > args.batch_size:
+            raise DdpmkitError(f"--gif records one batch: --per-class {args.per_class} draws {request.num} images, "
                                f"more than --batch-size {args.batch_size}")
-    if labels is None and pipe.num_classes is not None:
-        # a conditional run without --labels: one of each class in turn, column k of the grid is class k
-        # (the null label alone would draw the far weaker unconditional model: ask for it with --guidance 0)
-        k = pipe.num_classes
-        labels, nrow = pipe.balanced_labels(args.num), (k if args.num >= k else None)
+    elif labels is None and k is not None:
+        # the request draws one of each class in turn: column k of the grid is class k
+        nrow = k if args.num >= k else None
         print(f"conditional run: class-balanced labels 0..{k - 1}, column by column "
               "(choose with --labels or --per-class)")
-    if labels is not None:
-        pipe.label_kwargs(labels, args.num)  # checks the labels against the run's classes
+    request = request.resolve(info)
+    pipe = Pipeline.from_run(checkpoint, device=args.device, precision=args.precision, weights=args.weights,
+                             lora=args.lora, lora_scale=args.lora_scale)
     frames = []
     callback = None
     if args.gif:
         callback = lambda step: frames.append(make_grid(to_uint8(step.x.clamp(-1, 1).cpu())))
     start = time.perf_counter()
-    images = pipe.generate(args.num, sampler=settings.sampler, steps=settings.steps, eta=settings.eta, seed=args.seed,
-                           spacing=settings.spacing, labels=labels, guidance=args.guidance, batch_size=args.batch_size,
-                           progress=True, callback=callback, clip_denoised=args.clip, cuda_graph=args.cuda_graph)
+    images = pipe.generate(request, progress=True, callback=callback, cuda_graph=args.cuda_graph)
     seconds = time.perf_counter() - start
     save_grid(images, args.out, nrow=nrow, row_labels=row_labels)
     written = [str(args.out)]
@@ -287,18 +249,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         gif = args.out.with_suffix(".gif")
         save_gif(frames, gif)
         written.append(str(gif))
-    guided = ""
-    if labels is not None:
-        from .pipeline import run_guidance
-
-        guided = f", guidance {run_guidance(pipe.state) if args.guidance is None else args.guidance:g}"
-    print(f"{args.num} images ({settings.sampler}, {settings.steps} steps, {settings.spacing} spacing{guided}) in "
-          f"{seconds:.1f} s ({args.num / seconds:.1f} images/s) from {pipe.checkpoint}; wrote {', '.join(written)}")
+    print(f"{request.num} images ({request.describe()}) in {seconds:.1f} s ({request.num / seconds:.1f} images/s) "
+          f"from {checkpoint}; wrote {', '.join(written)}")
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .config import list_presets
+    from .presets import list_presets
 
     print("\n".join(list_presets()))
     return 0

@@ -17,7 +17,6 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import DdpmkitError
-from .presets import list_presets, load_preset  # noqa: F401  (re-exported; they live with the UNet sizes)
 
 
 @dataclass

@@ -107,3 +107,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None,
+          device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise drawn from ``generator`` on the generator's own device, then moved to ``device``: a CPU
+    generator gives the same numbers whatever device the tensors live on (no generator: drawn on ``device``)."""
+    draw_on = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype).to(device)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .device import randn
 from .errors import DdpmkitError
 from .likelihood import discretized_gaussian_log_likelihood, nats_to_bits_per_dim, normal_kl
 from .schedule import NoiseSchedule
@@ -116,7 +117,7 @@ class Diffusion:
         clip_denoised: clip x̂_0 to the data range [-1, 1] at every sampling step (DDPM's habit, the default), or
             leave it as predicted; what a sampler does when its caller does not say. Clipping is biased where the
             data sit on the boundary: clamp(x̂_0) ≥ x̂_0, so on MNIST's black background (82% of pixels exactly -1)
-            it lifts every step's x̂_0 and leaves a faint haze (benchmarks/results/clip_denoised.json).
+            it lifts every step's x̂_0 and leaves a faint haze (docs/experiments/clip_denoised.json).
     """
 
     def __init__(
@@ -344,8 +345,7 @@ class Diffusion:
         terms = torch.zeros(x0.shape[0], self.num_steps, dtype=torch.float64, device=x0.device)
         for i in range(self.num_steps - 1, -1, -1):
             index = torch.full((x0.shape[0],), i, dtype=torch.long, device=x0.device)
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                                device=generator.device if generator is not None else x0.device).to(x0.device)
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
             x_t = self.q_sample(x0, index, noise)
             output = model_fn(x_t, self.timesteps.to(x0.device)[index])
             terms[:, i] = self.vlb_terms(output.to(x0.dtype), x0, x_t, index).double()
@@ -405,8 +405,7 @@ class Diffusion:
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else x0.device,
-                                dtype=x0.dtype).to(x0.device)
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, t, **(model_kwargs or {}))
         prediction = self.split_output(output, x0.shape[1]).float()

@@ -14,23 +14,42 @@ Layout (the only place it is spelled out; train, sample, eval and ``Pipeline`` a
 A run is addressed by its folder, its ``checkpoints/`` folder or one checkpoint folder: :meth:`RunFolder.locate`
 turns any of them into (run folder, checkpoint). A lone checkpoint copied out of its run is a run of its own
 whose config is the copy in its state.json.
+
+What a checkpoint says about its run (the model and diffusion it holds, the config and data it was trained with,
+its adapters, the versions that wrote it) is one typed object, :class:`RunInfo`: the only code that writes those
+fields of state.json and the only code that reads them.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from .checkpoint import read_state
+from .config import RunConfig
+from .diffusion import Diffusion
 from .errors import DdpmkitError
-
-if TYPE_CHECKING:
-    from .config import RunConfig
+from .models import UNetConfig
+from .version import __version__
 
 CHECKPOINT_DIR = "checkpoints"
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def sweep_files(out_dir: Path) -> dict[str, Path]:
+    """The files of an ``ddpmkit eval`` report in ``out_dir`` (a run's eval/ by default): json, markdown, plot."""
+    return {"json": Path(out_dir) / "sweep.json", "markdown": Path(out_dir) / "sweep.md",
+            "plot": Path(out_dir) / "sweep.png"}
+
+
+def nll_files(out_dir: Path) -> dict[str, Path]:
+    """The files of an ``ddpmkit eval --nll`` report in ``out_dir``: json and the plot of the terms."""
+    return {"json": Path(out_dir) / "nll.json", "plot": Path(out_dir) / "nll_terms.png"}
 
 
 def checkpoint_step(path: Path) -> int:
@@ -107,6 +126,7 @@ class RunFolder:
     def latest_grid(self) -> Path:
         return self.samples_dir / "latest.png"
 
+
     # ----- checkpoints ------------------------------------------------------------------------------------
 
     def checkpoints(self) -> list[Path]:
@@ -139,16 +159,17 @@ class RunFolder:
 
     def load_config(self, checkpoint: Path | None = None) -> RunConfig:
         """config.yaml, else the copy in the (given or newest) checkpoint's state.json."""
-        from .checkpoint import read_state
-        from .config import RunConfig
-
         if self.config_file.is_file():
             return RunConfig.load(self.config_file)
         checkpoint = checkpoint or self.latest_checkpoint()
-        state = read_state(checkpoint)
-        if "config" not in state:
+        config = RunInfo.read(checkpoint).config
+        if config is None:
             raise DdpmkitError(f"{checkpoint} holds no config; pass --preset with the settings it was trained with")
-        return RunConfig.from_dict(state["config"], where=f"{checkpoint}/state.json")
+        return config
+
+    def info(self, checkpoint: Path | None = None) -> RunInfo:
+        """What the (given or newest) checkpoint says about the run: :class:`RunInfo`."""
+        return RunInfo.read(checkpoint or self.latest_checkpoint())
 
     # ----- finding a run -----------------------------------------------------------------------------------
 
@@ -171,3 +192,92 @@ class RunFolder:
         found = self.checkpoints()
         return {"path": str(self.path), "config": self.config_file.is_file(),
                 "checkpoints": [p.name for p in found]}
+
+
+# ----- what a checkpoint says about its run -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A checkpoint's metadata: the model and diffusion it holds, the run config and data it was trained with, its
+    LoRA adapters (a LoRA run) or the adapter merged into it, and the versions that wrote it.
+
+    Written into state.json beside the training state (:meth:`to_state`) and read back once (:meth:`read`); every
+    command asks this object instead of parsing state.json. The run's recommendations for sampling come from its
+    config: :attr:`sampler`, :attr:`guidance`.
+    """
+
+    unet: UNetConfig
+    diffusion: Diffusion
+    step: int = 0
+    config: RunConfig | None = None
+    data_name: str | None = None
+    class_names: tuple[str, ...] = ()
+    lora: dict[str, Any] | None = None          # rank, alpha, targets, base_fingerprint, base_checkpoint
+    lora_merged: dict[str, Any] | None = None   # the base and adapter a merged run came from
+    versions: dict[str, str] = field(default_factory=lambda: {"ddpmkit": __version__, "torch": torch.__version__})
+    checkpoint: Path | None = None              # where it was read from
+
+    # ----- state.json ---------------------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """The state.json fields this object owns (the training state adds its own beside them)."""
+        state: dict[str, Any] = {
+            "step": self.step, "unet": self.unet.to_dict(), "diffusion": self.diffusion.to_dict(),
+            "data": {"name": self.data_name, "class_names": list(self.class_names)}, "versions": dict(self.versions)}
+        if self.config is not None:
+            state["config"] = self.config.to_dict()
+        if self.lora is not None:
+            state["lora"] = dict(self.lora)
+        if self.lora_merged is not None:
+            state["lora_merged"] = dict(self.lora_merged)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], checkpoint: Path | None = None) -> RunInfo:
+        """From a state.json dict; a missing model or diffusion record is a one-line error."""
+        where = f"{checkpoint}/state.json" if checkpoint is not None else "state.json"
+        try:
+            unet = UNetConfig.from_dict(state["unet"])
+            diffusion = Diffusion.from_dict(state["diffusion"])
+        except KeyError as exc:
+            raise DdpmkitError(f"{where} lacks {exc}; it is not a complete ddpmkit checkpoint") from None
+        config = RunConfig.from_dict(state["config"], where=where) if state.get("config") else None
+        data = state.get("data") or {}
+        return cls(unet=unet, diffusion=diffusion, step=int(state.get("step", 0)), config=config,
+                   data_name=data.get("name"), class_names=tuple(data.get("class_names") or ()),
+                   lora=state.get("lora") or None, lora_merged=state.get("lora_merged") or None,
+                   versions=dict(state.get("versions") or {}), checkpoint=checkpoint)
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> RunInfo:
+        """A checkpoint folder's metadata (no weights are read)."""
+        return cls.from_state(read_state(checkpoint), Path(checkpoint))
+
+    # ----- what the run says -----------------------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.unet.num_classes
+
+    @property
+    def trained_on(self) -> str:
+        """The data set the run was trained on (its config, else the data record); an error where neither says."""
+        name = (self.config.data.name if self.config is not None else None) or self.data_name
+        if not name:
+            raise DdpmkitError(f"{self.checkpoint or 'the checkpoint'} does not say which data set it was trained on "
+                               "(no data.name in state.json)")
+        return name
+
+    @property
+    def sampler(self) -> tuple[str, int | None, str | None]:
+        """The sampler the run's preset recommends, as its grids used it: (``train.sample_sampler``,
+        ``sample_steps``, ``sample_spacing``; None: the sampler's own). Without a config: DDIM's defaults."""
+        if self.config is None:
+            return "ddim", None, None
+        train = self.config.train
+        return train.sample_sampler, train.sample_steps, train.sample_spacing
+
+    @property
+    def guidance(self) -> float:
+        """The classifier-free guidance scale the run's preset recommends (``train.sample_guidance``; 1: none)."""
+        return float(self.config.train.sample_guidance) if self.config is not None else 1.0

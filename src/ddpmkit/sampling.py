@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .device import randn
 from .diffusion import Diffusion, ReverseStep
 from .errors import DdpmkitError
 
@@ -40,30 +41,6 @@ NoiseFn = Callable[[], Tensor]
 SPACINGS = ("leading", "trailing", "linspace", "logsnr", "karras")
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: ρ = 7
 NULL_LABEL = -1  # the "no class" label of classifier-free guidance; a class-conditional UNet maps it to its null class
-
-
-@dataclass(frozen=True)
-class SamplerDefaults:
-    """What a sampler does when the caller does not say: its step count (None: all T) and timestep spacing;
-    ``uses_eta`` says whether η means anything to it (the others ignore it)."""
-
-    steps: int | None
-    spacing: str
-    uses_eta: bool = False
-
-
-# One default per sampler, used by Python (sample, Pipeline) and the CLI alike.
-SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
-    "ddpm": SamplerDefaults(steps=None, spacing="linspace"),  # the full chain; respaced as improved-diffusion does
-    "ddim": SamplerDefaults(steps=50, spacing="trailing", uses_eta=True),  # Lin et al. 2024: trailing starts at T-1
-    "dpm++2m": SamplerDefaults(steps=20, spacing="trailing"),  # Lu et al. 2022: 15-20 steps for good samples
-    # trailing, measured: on the cosine mnist run λ-uniform steps crowd near T (classifier FID at 10 NFE 864 vs 748)
-    "dpm++3m": SamplerDefaults(steps=20, spacing="trailing"),
-    # UniPC-2 (Zhao et al. 2023), measured on the mnist default job (Inception FID, N = 500): 38.4 at 10 steps
-    # against DDIM-50's 36.6 (DPM-Solver++(2M)-10 45.8); order 3 gave the same (38.3), so only order 2 is named
-    "unipc": SamplerDefaults(steps=10, spacing="trailing"),
-}
-SAMPLERS = tuple(SAMPLER_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -78,6 +55,10 @@ class SamplerSettings:
     def timesteps(self, num_train_steps: int, alphas_cumprod: Tensor | None = None) -> Tensor:
         return timestep_spacing(num_train_steps, self.steps, self.spacing, alphas_cumprod)
 
+    def make_step(self) -> Callable[..., Tensor]:
+        """A fresh step rule for one run."""
+        return SAMPLER_REGISTRY[self.sampler].make_step(self.eta)
+
 
 def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_steps: int,
                        spacing: str | None = None) -> SamplerSettings:
@@ -85,9 +66,9 @@ def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_st
 
     A default step count larger than T is cut to T; an explicit one must lie in 1..T.
     """
-    if sampler not in SAMPLER_DEFAULTS:
+    if sampler not in SAMPLER_REGISTRY:
         raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    defaults = SAMPLER_DEFAULTS[sampler]
+    defaults = SAMPLER_REGISTRY[sampler]
     if steps is None:
         steps = num_train_steps if defaults.steps is None else min(defaults.steps, num_train_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_steps:
@@ -339,19 +320,39 @@ class UniPCStep:
         return self._update(x, a_t, a_next, out.x0, self._earlier()[:order - 1])
 
 
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler: its step rule (a fresh one for each run, given η) and what it does when the caller does not say:
+    its step count (None: all T) and timestep spacing; ``uses_eta`` says whether η means anything to it."""
+
+    make_step: Callable[[float], Callable[..., Tensor]]
+    steps: int | None
+    spacing: str
+    uses_eta: bool = False
+
+
+# The one sampler registry: Python (sample, Pipeline, SampleRequest), the CLI and the demo all read it.
+SAMPLER_REGISTRY: dict[str, SamplerSpec] = {
+    # the full chain; respaced as improved-diffusion does
+    "ddpm": SamplerSpec(lambda eta: DDPMStep(), steps=None, spacing="linspace"),
+    # Lin et al. 2024: trailing starts at T-1
+    "ddim": SamplerSpec(DDIMStep, steps=50, spacing="trailing", uses_eta=True),
+    # Lu et al. 2022: 15-20 steps for good samples; trailing, measured: on the cosine mnist run λ-uniform steps
+    # crowd near T (classifier FID at 10 NFE 864 vs 748)
+    "dpm++2m": SamplerSpec(lambda eta: DPMSolver2MStep(), steps=20, spacing="trailing"),
+    "dpm++3m": SamplerSpec(lambda eta: DPMSolver3MStep(), steps=20, spacing="trailing"),
+    # UniPC-2 (Zhao et al. 2023), measured on the mnist default job (Inception FID, N = 500): 38.4 at 10 steps
+    # against DDIM-50's 36.6 (DPM-Solver++(2M)-10 45.8); order 3 gave the same (38.3), so only order 2 is named
+    "unipc": SamplerSpec(lambda eta: UniPCStep(order=2), steps=10, spacing="trailing"),
+}
+SAMPLERS = tuple(SAMPLER_REGISTRY)
+
+
 def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
-    """A fresh step rule for one sampling run."""
-    if sampler == "ddpm":
-        return DDPMStep()
-    if sampler == "ddim":
-        return DDIMStep(eta)
-    if sampler == "dpm++2m":
-        return DPMSolver2MStep()
-    if sampler == "dpm++3m":
-        return DPMSolver3MStep()
-    if sampler == "unipc":
-        return UniPCStep(order=2)
-    raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    """A fresh step rule for one sampling run, from the registry."""
+    if sampler not in SAMPLER_REGISTRY:
+        raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLER_REGISTRY[sampler].make_step(eta)
 
 
 # ----- the loop -------------------------------------------------------------------------------------------
@@ -376,11 +377,6 @@ def _batch_index(value: int, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), int(value), dtype=torch.long, device=x.device)
 
 
-def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-
-
 @torch.inference_mode()
 def sample_loop(
     model_fn: ModelFn,
@@ -395,7 +391,7 @@ def sample_loop(
 ) -> Tensor:
     """Walk ``timesteps`` (any subset of 0..T-1) from x = x_T with one step rule; returns x_0."""
     process = diffusion.respace(timesteps)
-    noise = lambda: _randn(x, generator)
+    noise = lambda: randn(x.shape, generator, x.device, x.dtype)
     K = process.num_steps
     for n, i in enumerate(range(K - 1, -1, -1)):
         t = int(process.timesteps[i])
@@ -406,45 +402,6 @@ def sample_loop(
             callback(SamplerStep(n, K, t, x_next, out.x0, out.eps, x))
         x = x_next
     return x
-
-
-def _run(sampler: str, model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None, eta: float,
-         spacing: str | None, **loop_args: Any) -> Tensor:
-    settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
-    timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
-    return sample_loop(model_fn, diffusion, x, timesteps, make_step(sampler, settings.eta), **loop_args)
-
-
-def ddpm(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-         generator: torch.Generator | None = None, callback: Callback | None = None,
-         clip_denoised: bool | None = None, dynamic_threshold: float | None = None) -> Tensor:
-    """Ancestral sampling over all T steps, or over ``steps`` linspace-spaced ones (see :class:`DDPMStep`)."""
-    return _run("ddpm", model_fn, diffusion, x, steps, 0.0, None, generator=generator, callback=callback,
-                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
-
-
-def ddim(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None, eta: float = 0.0,
-         spacing: str = "trailing", generator: torch.Generator | None = None, callback: Callback | None = None,
-         clip_denoised: bool | None = None, dynamic_threshold: float | None = None) -> Tensor:
-    """DDIM with η on ``steps`` (default 50) timesteps (see :class:`DDIMStep`)."""
-    return _run("ddim", model_fn, diffusion, x, steps, eta, spacing, generator=generator, callback=callback,
-                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
-
-
-def dpmpp_2m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool | None = None,
-             dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """DPM-Solver++(2M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver2MStep`); deterministic."""
-    return _run("dpm++2m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
-                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
-
-
-def dpmpp_3m(model_fn: ModelFn, diffusion: Diffusion, x: Tensor, steps: int | None = None,
-             spacing: str = "trailing", callback: Callback | None = None, clip_denoised: bool | None = None,
-             dynamic_threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """DPM-Solver++(3M) on ``steps`` (default 20) timesteps (see :class:`DPMSolver3MStep`); deterministic."""
-    return _run("dpm++3m", model_fn, diffusion, x, steps, 0.0, spacing, generator=generator, callback=callback,
-                clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
 # ----- conditioning and guidance --------------------------------------------------------------------------
@@ -612,17 +569,17 @@ def sample(
 
     ``model(x, t, **model_kwargs)`` is any callable (a UNet, a wrapper, an analytic model); ``model_kwargs``
     carries the condition, e.g. ``{"labels": y}``. ``guidance`` ≠ 1 enables classifier-free guidance. Steps
-    default per sampler (:data:`SAMPLER_DEFAULTS`). ``autocast_dtype`` (e.g. torch.bfloat16) runs the model
+    default per sampler (:data:`SAMPLER_REGISTRY`). ``autocast_dtype`` (e.g. torch.bfloat16) runs the model
     under autocast while the sampler's arithmetic stays in float32. ``clip_denoised`` (x̂_0 clipped to [-1, 1] at
     every step) defaults to the diffusion's own setting. ``cuda_graph`` (CUDA only) replays the model from a CUDA
-    graph (:class:`CUDAGraphModelFn`). Returns float32 images, nominally in [-1, 1].
+    graph (:class:`CUDAGraphModelFn`). Returns float32 images, nominally in [-1, 1] (float64 for a float64 ``x_T``:
+    the tests against closed forms sample in double precision).
     """
     settings = check_sampler_args(sampler, steps, eta, diffusion.num_steps, spacing)
     device = model_device(model, device, x_T)
     if x_T is None:
-        gen_device = generator.device if generator is not None else device
-        x_T = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
-    x = x_T.to(device, torch.float32)
+        x_T = randn(shape, generator, device)
+    x = x_T.to(device, torch.float64 if x_T.dtype == torch.float64 else torch.float32)
     model_fn = conditioned_model_fn(model, model_kwargs, guidance, uncond_kwargs, device, autocast_dtype)
     if cuda_graph:
         if device.type != "cuda":
@@ -630,6 +587,5 @@ def sample(
         model_fn = CUDAGraphModelFn(model_fn)
     timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
     with eval_mode(model):
-        return sample_loop(model_fn, diffusion, x, timesteps,
-                           make_step(settings.sampler, settings.eta), generator=generator, callback=callback,
-                           clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+        return sample_loop(model_fn, diffusion, x, timesteps, settings.make_step(), generator=generator,
+                           callback=callback, clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)

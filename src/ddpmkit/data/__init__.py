@@ -2,7 +2,8 @@
 
     from ddpmkit.data import load_dataset, BatchLoader
     data = load_dataset("mnist", image_size=32)         # ImageArray: uint8 (N, H, W, C) + labels
-    loader = BatchLoader(data, 128, seed=0)             # x in [-1, 1] (B, C, H, W), labels (B,)
+    loader = BatchLoader(data, 128, seed=0, model_kwargs=data.label_kwargs)  # x in [-1, 1] (B, C, H, W),
+                                                        # {"labels": (B,)} (the model's keyword arguments)
 
 Specs: a name from ``DATASETS`` ("mnist" is the default), ``folder:PATH`` or ``cifar10:PATH``.
 Splits: "train" and "test". mnist, fashion-mnist and CIFAR-10 have a test split; pokemon, emoji, digits and
@@ -19,7 +20,7 @@ from .image_array import ImageArray
 from .loader import BatchLoader
 from .named import DATASETS, DatasetInfo, fetch, info, list_datasets, load_named
 
-__all__ = ["DATASETS", "SPLITS", "BatchLoader", "DatasetInfo", "ImageArray", "available_splits", "data_main",
+__all__ = ["DATASETS", "SPLITS", "BatchLoader", "DatasetInfo", "ImageArray", "available_splits",
            "fetch", "list_datasets", "load_dataset"]
 
 SPLITS = ("train", "test")
@@ -62,10 +63,3 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
         data = load_cifar10(path, split=split)
         return data if image_size is None else data.resized(image_size, progress=progress)
     return load_named(spec, split=split, image_size=image_size, progress=progress)
-
-
-def data_main(argv: list[str]) -> int:
-    """``list | fetch NAME | show NAME [--out PATH] [--split] [--image-size]`` (used by ``ddpmkit data``)."""
-    from .cli import main
-
-    return main(argv)

@@ -10,7 +10,7 @@ from ..errors import DdpmkitError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..cli import OneLineParser
+    from ..cli_args import OneLineParser
 
     parser = OneLineParser(prog="ddpmkit data", description="Named data sets: list, fetch, show.")
     sub = parser.add_subparsers(dest="command", required=True)

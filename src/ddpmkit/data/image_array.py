@@ -11,11 +11,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import DdpmkitError
 
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+
+# uint8 p -> float32 p / 127.5 - 1 (0 -> -1, 255 -> 1), computed in float32 as the division would be: a table, so
+# that training, the likelihood and the demo see the same values
+TO_MODEL_RANGE = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1]: x / 127.5 - 1."""
+    return torch.from_numpy(TO_MODEL_RANGE[np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))])
 
 
 @dataclass
@@ -36,6 +46,10 @@ class ImageArray:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.labels.shape != (len(self.images),):
             raise DdpmkitError(f"labels must have shape ({len(self.images)},), got {self.labels.shape}")
+
+    def label_kwargs(self, index: np.ndarray | slice) -> dict[str, torch.Tensor]:
+        """The model keyword arguments of the images at ``index``: ``{"labels": int64 (B,)}``."""
+        return {"labels": torch.from_numpy(np.ascontiguousarray(self.labels[index], dtype=np.int64))}
 
     def __len__(self) -> int:
         return len(self.images)

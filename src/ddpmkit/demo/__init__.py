@@ -3,6 +3,6 @@
 ``core`` computes (no Gradio needed, tested directly); ``app`` lays it out in Gradio; ``cli`` parses and checks.
 """
 
-from .core import DemoModel, Explanation, GenerateRequest, GenerateResult, Preview, schedule_figure
+from .core import DemoModel, Explanation, GenerateResult, Preview, schedule_figure
 
-__all__ = ["DemoModel", "Explanation", "GenerateRequest", "GenerateResult", "Preview", "schedule_figure"]
+__all__ = ["DemoModel", "Explanation", "GenerateResult", "Preview", "schedule_figure"]

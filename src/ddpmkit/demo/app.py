@@ -17,8 +17,8 @@ import gradio as gr  # noqa: E402
 
 from ..errors import DdpmkitError  # noqa: E402
 from ..sampling import SAMPLERS  # noqa: E402
-from .cli import check_port  # noqa: E402
 from .core import ALL_CLASSES, FAST_SAMPLER, MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, DemoModel, Preview  # noqa: E402
+from .port import check_port  # noqa: E402
 
 INTRO = """Each image starts as pure noise x_T and is denoised step by step: at every step the network predicts the
 noise ε̂ in x_t, the sampler turns that into x̂₀ (its current guess of the image) and moves to a less noisy x_{t−1}.

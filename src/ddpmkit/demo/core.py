@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.image_array import to_model_range
 from ..errors import DdpmkitError
 from ..pipeline import Pipeline
-from ..sampling import SAMPLER_DEFAULTS, SAMPLERS, SamplerStep, check_sampler_args
+from ..request import SampleRequest
+from ..sampling import SAMPLERS, SamplerStep
 from ..schedule import NoiseSchedule
 from ..viz import grid_image, save_gif, to_uint8
 
@@ -34,19 +36,6 @@ FAST_SAMPLER = "unipc"  # the demo's default: DDIM-50's quality within 5% in 10 
 
 class Cancelled(Exception):
     """Raised inside the sampler loop when the user cancelled the request."""
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """One checked request from the Generate tab."""
-
-    sampler: str
-    steps: int
-    eta: float
-    seed: int
-    num: int
-    labels: list[int] | None  # one per image, or None for an unconditional run
-    guidance: float | None
 
 
 @dataclass
@@ -68,7 +57,7 @@ class GenerateResult:
     gif: Path
     seconds: float
     nfe: int
-    request: GenerateRequest = field(repr=False)
+    request: SampleRequest = field(repr=False)
 
     @property
     def summary(self) -> str:
@@ -114,7 +103,7 @@ class DemoModel:
 
     def __init__(self, pipe: Pipeline, data_spec: str | None = None):
         self.pipe = pipe
-        self.data_spec = data_spec if data_spec is not None else pipe.state.get("data", {}).get("name")
+        self.data_spec = data_spec if data_spec is not None else pipe.info.data_name
         self.lock = threading.Lock()
         self._data = None
         self._tmp = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
@@ -148,29 +137,31 @@ class DemoModel:
 
     def default_steps(self, sampler: str) -> int:
         """The slider's start: the run's step count for its own sampler (DDPM-50 for mnist), else the sampler's."""
-        if sampler in SAMPLER_DEFAULTS:
-            return self.pipe.sampler_settings(sampler).steps
+        if sampler in SAMPLERS:
+            return self.pipe.resolve(SampleRequest(num=1, sampler=sampler)).steps
         return self.num_steps
 
     # ----- Generate tab ---------------------------------------------------------------------------------------
 
     def check(self, sampler: object, steps: object, eta: object, seed: object, num: object,
-              label: object = None, guidance: object = None) -> GenerateRequest:
-        """The UI's values, checked: anything out of range is refused with a message naming the limits."""
+              label: object = None, guidance: object = None) -> SampleRequest:
+        """The UI's values (strings and floats from the widgets) as a resolved :class:`SampleRequest`: anything out
+        of the widgets' range is refused with a message naming the limits, the rest as the request checks it."""
         if sampler not in SAMPLERS:
             raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         num_ = _integer(num, "the number of images", 1, MAX_IMAGES)
         steps_ = _integer(steps, "steps", 1, self.num_steps)
         eta_ = _number(eta, "eta")
         seed_ = _integer(seed, "the seed", 0, MAX_SEED)
-        settings = check_sampler_args(str(sampler), steps_, eta_, self.num_steps)
         labels, guidance_ = None, None
         if self.class_names:
             labels = self._labels(label, num_)
             guidance_ = _number(1.0 if guidance is None else guidance, "guidance")
             if not 0.0 <= guidance_ <= MAX_GUIDANCE:
                 raise DdpmkitError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {guidance_:g}")
-        return GenerateRequest(settings.sampler, settings.steps, settings.eta, seed_, num_, labels, guidance_)
+        request = SampleRequest(num=num_, sampler=str(sampler), steps=steps_, eta=eta_, seed=seed_, labels=labels,
+                                guidance=guidance_)
+        return self.pipe.resolve(request)
 
     def _labels(self, label: object, num: int) -> list[int]:
         names = self.class_names
@@ -186,7 +177,7 @@ class DemoModel:
     def grid(self, images: torch.Tensor | np.ndarray, num: int) -> Image.Image:
         return grid_image(images, nrow=math.ceil(math.sqrt(num)), scale=self._scale())
 
-    def generate(self, request: GenerateRequest, on_step: Callable[[SamplerStep], None] | None = None,
+    def generate(self, request: SampleRequest, on_step: Callable[[SamplerStep], None] | None = None,
                  cancel: threading.Event | None = None) -> GenerateResult:
         """Sample ``request``: every step is recorded for the animation and passed to ``on_step``; a set
         ``cancel`` stops the loop at the next step (raising :class:`Cancelled`)."""
@@ -207,9 +198,7 @@ class DemoModel:
             hook = self.pipe.model.register_forward_hook(count)
             try:
                 start = time.perf_counter()
-                images = self.pipe.generate(request.num, sampler=request.sampler, steps=request.steps,
-                                            eta=request.eta, seed=request.seed, labels=request.labels,
-                                            guidance=request.guidance, callback=record)
+                images = self.pipe.generate(request, callback=record)
                 seconds = time.perf_counter() - start
             finally:
                 hook.remove()
@@ -219,7 +208,7 @@ class DemoModel:
                        duration_ms=max(40, 2000 // len(frames)), scale=1)
         return GenerateResult(grid, frames, gif, seconds, calls[0], request)
 
-    def stream(self, request: GenerateRequest, preview_every: int = 1, heartbeat: float = 0.25,
+    def stream(self, request: SampleRequest, preview_every: int = 1, heartbeat: float = 0.25,
                cancel: threading.Event | None = None) -> Iterator[Preview | GenerateResult | None]:
         """Sample in a worker thread and yield a :class:`Preview` after steps, then the :class:`GenerateResult`;
         ``None`` when ``heartbeat`` seconds pass without either.
@@ -278,13 +267,13 @@ class DemoModel:
         t_ = _integer(t, "t", 0, self.num_steps - 1)
         seed_ = _integer(seed, "the seed", 0, MAX_SEED)
         diffusion, device = self.pipe.diffusion, self.pipe.device
-        x0 = torch.from_numpy(data.images[i:i + 1]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x0 = to_model_range(data.images[i:i + 1])
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed_))
         t_batch = torch.full((1,), t_, dtype=torch.long)
         x_t = diffusion.q_sample(x0, t_batch, noise)
         kwargs = {}
         if self.class_names and data.labels is not None:
-            kwargs["labels"] = torch.as_tensor(data.labels[i:i + 1], dtype=torch.long, device=device)
+            kwargs = {k: v.to(device) for k, v in data.label_kwargs(slice(i, i + 1)).items()}
         with self.lock, torch.no_grad():
             out = self.pipe.model(x_t.to(device), t_batch.to(device), **kwargs).float().cpu()
         prediction = diffusion.split_output(out, x0.shape[1])

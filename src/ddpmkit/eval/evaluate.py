@@ -8,7 +8,7 @@ Every argument is checked before any weights or reference statistics are loaded.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DdpmkitError
-from .sweep import ALL_METRICS, CLASSIFIER_METRICS, INCEPTION_METRICS, default_metrics, sweep_markdown
+from .sweep import CLASSIFIER_METRICS, INCEPTION_METRICS, check_metrics, default_metrics, sweep_markdown
 
 
 @dataclass
@@ -29,24 +29,6 @@ class EvalResult:
     @property
     def markdown(self) -> str:
         return sweep_markdown(self.rows)
-
-
-def _num_train_steps(state: dict, checkpoint: Path) -> int:
-    """T of the diffusion the checkpoint was trained with, from its state.json (no weights are read)."""
-    from ..diffusion import Diffusion
-
-    if "diffusion" not in state:
-        raise DdpmkitError(f"{checkpoint}/state.json lacks 'diffusion'; it is not a complete ddpmkit checkpoint")
-    return Diffusion.from_dict(state["diffusion"]).num_steps
-
-
-def _trained_on(state: dict) -> str:
-    """The data set a checkpoint was trained on (its config, else its data record)."""
-    name = state.get("config", {}).get("data", {}).get("name") or state.get("data", {}).get("name")
-    if not name:
-        raise DdpmkitError("the checkpoint does not say which data set it was trained on (no data.name in "
-                           "state.json); cannot choose reference statistics")
-    return name
 
 
 def evaluate_run(
@@ -80,11 +62,9 @@ def evaluate_run(
     The report goes to ``out``, else the run folder's eval/ (``RunFolder.eval_dir``).
     """
     from ..atomic import check_writable
-    from ..checkpoint import read_state
     from ..data import SPLITS
-    from ..pipeline import run_guidance, run_sampler
+    from ..request import SampleRequest
     from ..run import RunFolder
-    from ..sampling import check_sampler_args
 
     if num < 2 or ref_num < 2:
         raise DdpmkitError(f"num and ref_num (--num, --ref-num) must be at least 2, got {num} and {ref_num} "
@@ -93,31 +73,23 @@ def evaluate_run(
         raise DdpmkitError("name at least one sampler and one step count")
     if ref_split not in SPLITS:
         raise DdpmkitError(f"unknown reference split {ref_split!r}; use {' or '.join(SPLITS)}")
-    guidance = list(guidance) if guidance else [None]
-    if any(w is not None and not (math.isfinite(w) and w >= 0) for w in guidance):
-        raise DdpmkitError(f"guidance scales must be finite and at least 0 (0: unconditional, 1: conditional), "
-                           f"got {', '.join(str(w) for w in guidance)}")
     folder, checkpoint = RunFolder.locate(run)
-    state = read_state(checkpoint)
-    data_name = _trained_on(state)
-    num_train_steps = _num_train_steps(state, checkpoint)
-    def check(spec: str, n: int):  # "dpm++2m" or "dpm++2m:karras": a sampler with its own timestep spacing
-        name, _, spacing = spec.partition(":")
-        run_name, _, run_spacing = run_sampler(state)  # the steps are always named here; the spacing may not be
-        preset_spacing = run_spacing if not spacing and name == run_name else None
-        settings = check_sampler_args(name, n, eta, num_train_steps, spacing or preset_spacing)
-        return (f"{name}:{preset_spacing}" if preset_spacing else spec), settings  # the label says which timesteps
+    info = folder.info(checkpoint)
+    data_name = info.trained_on
+    run_sampler, _, run_spacing = info.sampler  # the steps are always named here; the spacing may not be
 
-    checked = [check(spec, n) for spec in samplers for n in steps]
-    conditional = bool((state.get("unet") or {}).get("num_classes"))
-    if guidance != [None] and not conditional:
-        raise DdpmkitError(f"{checkpoint} is an unconditional run: --guidance needs a class-conditional model")
-    if guidance == [None] and conditional and run_guidance(state) != 1.0:
-        guidance = [run_guidance(state)]  # the run's recommended guidance, named in each row
-    metrics = tuple(metrics) if metrics else default_metrics(data_name)
-    unknown = set(metrics) - set(ALL_METRICS)
-    if unknown:
-        raise DdpmkitError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    def plan(spec: str, n: int, w: float | None) -> tuple[str, SampleRequest]:
+        """"dpm++2m" or "dpm++2m:karras" (a sampler with its own timestep spacing) at n steps and guidance w: the row's
+        label (which timesteps, where the run's preset chose them) and the checked request."""
+        name, _, spacing = spec.partition(":")
+        request = SampleRequest(num=num, sampler=name, steps=n, spacing=spacing or None, eta=eta,
+                                clip_denoised=clip_denoised, guidance=w, seed=seed, batch_size=batch_size)
+        preset_spacing = run_spacing if not spacing and name == run_sampler else None
+        return (f"{name}:{preset_spacing}" if preset_spacing else spec), request.resolve(info)
+
+    plans = [plan(spec, n, w) for spec in samplers for n in steps for w in (guidance or [None])]
+    metrics = tuple(metrics) if metrics is not None else default_metrics(data_name)
+    check_metrics(metrics)
     report_dir = check_writable(Path(out) if out is not None else folder.eval_dir, "dir", "--out")
 
     from ..pipeline import Pipeline
@@ -142,22 +114,22 @@ def evaluate_run(
         if "cfid" in metrics:
             references["classifier"] = reference(classifier)
 
-    num_classes = pipe.num_classes
-    labels = np.arange(num) % num_classes if num_classes else None  # class-balanced for conditional models
-    settings = {(spec, s.steps): s for spec, s in checked}
+    requests, sweep = {}, []
+    for label, request in plans:
+        named = request.labels is not None and (guidance is not None or info.guidance != 1.0)
+        guided = {"guidance": request.guidance} if named else {}  # the run's recommended guidance, named in each row
+        requests[label, request.steps, guided.get("guidance")] = request
+        sweep.append({"sampler": label, "steps": request.steps, **guided})
 
     def generate(count: int, sampler: str, n_steps: int, seed: int, guidance: float | None = None) -> dict:
-        s = settings[sampler, n_steps]
-        images = pipe.generate(count, sampler=s.sampler, steps=s.steps, eta=s.eta, seed=seed, spacing=s.spacing,
-                               labels=None if labels is None else labels[:count].tolist(), guidance=guidance,
-                               batch_size=batch_size, progress=progress, clip_denoised=clip_denoised)
-        return {"images": images, "nfe": s.steps, "labels": None if labels is None else labels[:count]}
+        request = dataclasses.replace(requests[sampler, n_steps, guidance], seed=seed)
+        assert count == request.num, "run_sweep asks for the request's num images"
+        labels = None if request.labels is None else np.asarray(request.labels)
+        return {"images": pipe.generate(request, progress=progress), "nfe": request.steps, "labels": labels}
 
-    sweep = [{"sampler": spec, "steps": s.steps, **({} if w is None else {"guidance": w})}
-             for spec, s in checked for w in guidance]
     rows = run_sweep(generate, sweep, num, references,
                      metrics, seed=seed, inception=inception, classifier=classifier, progress=progress)
-    clipped = pipe.diffusion.clip_denoised if clip_denoised is None else clip_denoised
+    clipped = plans[0][1].clip_denoised
     rows = [{**row, "clip_denoised": clipped} for row in rows]  # which way x̂_0 was treated, beside each score
     paths = write_sweep_report(rows, report_dir)
     return EvalResult(rows, paths)

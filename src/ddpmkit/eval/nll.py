@@ -54,12 +54,11 @@ def evaluate_nll(run: str | Path, num: int = 100, steps: int | None = None, spli
     from tqdm.auto import tqdm
 
     from ..atomic import atomic_write_text, check_writable
-    from ..checkpoint import read_state
     from ..data import SPLITS, available_splits, load_dataset
+    from ..data.image_array import to_model_range
     from ..pipeline import Pipeline
-    from ..run import RunFolder
+    from ..run import RunFolder, nll_files
     from ..sampling import timestep_spacing
-    from .evaluate import _trained_on
 
     if num < 2 or batch_size < 1:
         raise DdpmkitError(f"--num must be at least 2 (a standard error needs two images) and --batch-size at "
@@ -67,7 +66,7 @@ def evaluate_nll(run: str | Path, num: int = 100, steps: int | None = None, spli
     if split not in SPLITS:
         raise DdpmkitError(f"unknown split {split!r}; use {' or '.join(SPLITS)}")
     folder, checkpoint = RunFolder.locate(run)
-    data_name = _trained_on(read_state(checkpoint))
+    data_name = folder.info(checkpoint).trained_on
     report_dir = check_writable(Path(out) if out is not None else folder.eval_dir, "dir", "--out")
     pipe = Pipeline.from_run(checkpoint, device=device, precision="fp32")  # a likelihood in full precision
     T = pipe.diffusion.num_steps
@@ -86,12 +85,9 @@ def evaluate_nll(run: str | Path, num: int = 100, steps: int | None = None, spli
     start = time.perf_counter()
     bar = tqdm(total=num * K, desc=f"bound over {K} terms", unit="img·term", disable=not progress)
     for first in range(0, num, batch_size):
-        images = torch.from_numpy(data.images[first:min(first + batch_size, num)]).permute(0, 3, 1, 2)
-        x0 = (images.double() / 127.5 - 1).float().to(pipe.device)  # exactly the 8-bit grid in [-1, 1]
-        kwargs = {}
-        if conditional:
-            kwargs["labels"] = torch.as_tensor(data.labels[first:first + len(x0)], dtype=torch.long,
-                                               device=pipe.device)
+        rows = slice(first, min(first + batch_size, num))
+        x0 = to_model_range(data.images[rows]).to(pipe.device)  # the 8-bit grid in [-1, 1], as in training
+        kwargs = {k: v.to(pipe.device) for k, v in data.label_kwargs(rows).items()} if conditional else {}
         count = len(x0)
         total, terms, prior = diffusion.bits_per_dim(lambda x, t, kw=kwargs: pipe.model(x, t, **kw), x0, generator,
                                                      callback=lambda _i, n=count: bar.update(n))
@@ -105,7 +101,7 @@ def evaluate_nll(run: str | Path, num: int = 100, steps: int | None = None, spli
         num_terms=K + 1, data=data_name, split=split, prior_bits_per_dim=float(torch.cat(priors).mean()),
         seconds=time.perf_counter() - start, term_bits_per_dim=(term_sums / num).tolist(),
         term_timesteps=diffusion.timesteps.tolist())
-    paths = {"json": report_dir / "nll.json", "plot": report_dir / "nll_terms.png"}
+    paths = nll_files(report_dir)
     atomic_write_text(paths["json"], json.dumps({**asdict(result), "checkpoint": str(checkpoint)}, indent=1))
     _plot_terms(result, paths["plot"])
     return result, paths

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DdpmkitError
+from ..run import sweep_files
 from .classifier import MnistClassifier, class_histogram, confident_share, label_accuracy
 from .features import FeatureExtractor
 from .images import as_uint8_nhwc
@@ -27,6 +28,15 @@ Generator = Callable[[int, str, int, int], "np.ndarray | Mapping"]
 INCEPTION_METRICS = ("fid", "kid")
 CLASSIFIER_METRICS = ("cfid", "classes")  # classifier-feature FID; class histogram (+ accuracy)
 ALL_METRICS = INCEPTION_METRICS + CLASSIFIER_METRICS
+
+
+def check_metrics(metrics: Sequence[str]) -> None:
+    """A one-line error for an empty list of metrics or one this module does not compute."""
+    if not metrics:
+        raise DdpmkitError(f"name at least one metric: {', '.join(ALL_METRICS)}")
+    unknown = set(metrics) - set(ALL_METRICS)
+    if unknown:
+        raise DdpmkitError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
 
 
 def default_metrics(spec: str) -> tuple[str, ...]:
@@ -109,9 +119,7 @@ def run_sweep(
     Inception ``ReferenceStats``, or a mapping {"inception": ..., "classifier": ...}.
     Extractors are created on first need when not given (Inception: pinned weights, default precision).
     """
-    unknown = set(metrics) - set(ALL_METRICS)
-    if unknown:
-        raise DdpmkitError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    check_metrics(metrics)
     references = _references(reference)
     if any(m in metrics for m in INCEPTION_METRICS) and "inception" not in references:
         raise DdpmkitError(
@@ -270,14 +278,12 @@ def _plot_guidance(rows: list[dict], key: str | None, path: Path, plt) -> Path:
 
 def write_sweep_report(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     """Write ``sweep.json``, ``sweep.md``, ``sweep.png`` (quality vs steps and vs seconds) in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "sweep.json", "markdown": out / "sweep.md"}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = sweep_files(out_dir)
     paths["json"].write_text(json.dumps(rows, indent=2, default=_json_default) + "\n")
     paths["markdown"].write_text(sweep_markdown(rows))
-    plot = plot_sweep(rows, out / "sweep.png")
-    if plot is not None:
-        paths["plot"] = plot
+    if plot_sweep(rows, paths.pop("plot")) is not None:
+        paths["plot"] = sweep_files(out_dir)["plot"]
     return paths
 
 

@@ -1,6 +1,7 @@
 """LoRA fine-tuning: low-rank adapters W + s·(α/r)·B·A on a frozen trained UNet.
 
-``ddpmkit lora RUN --data NAME --out DIR`` trains an adapter with the ordinary Trainer (``config.lora``);
+``ddpmkit lora RUN --data NAME --out DIR`` trains an adapter with the ordinary Trainer (``config.lora``; the base it
+adapts is a model source of the training layer, :class:`ddpmkit.training.lora.LoRABase`);
 ``ddpmkit sample RUN --lora DIR`` and ``Pipeline.from_run(RUN, lora=DIR)`` apply it; ``ddpmkit lora merge``
 writes a standalone merged run.
 """

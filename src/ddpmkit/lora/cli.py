@@ -12,7 +12,7 @@ from ..errors import DdpmkitError
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from ..cli import OneLineParser
+    from ..cli_args import OneLineParser, add_training_flags
 
     p = OneLineParser(prog="ddpmkit lora",
                       description="Fine-tune a trained run with low-rank adapters W + (α/r)·B·A on a frozen base, "
@@ -26,22 +26,12 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="α (default: the rank, so α/r = 1)")
     p.add_argument("--targets", help="comma-separated from attn (default), conv, mlp")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, help="optimizer steps (default: the base's)")
-    group.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
-    p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.warmup_steps=20")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_flags(p, steps_help="optimizer steps (default: the base's)")
     return p
 
 
 def _merge_parser() -> argparse.ArgumentParser:
-    from ..cli import OneLineParser
+    from ..cli_args import OneLineParser
 
     p = OneLineParser(prog="ddpmkit lora merge",
                       description="Merge an adapter into its base: a standalone run folder for sample, eval, demo.")
@@ -54,7 +44,7 @@ def _merge_parser() -> argparse.ArgumentParser:
 
 def resolve_lora_config(args: argparse.Namespace):
     """(config, run folder, checkpoint to resume or None): the base's config, the LoRA section, the flags."""
-    from ..cli import flag_assignments
+    from ..cli_args import flag_assignments
     from ..config import LoRAConfig
     from ..run import RunFolder
     from .adapter import check_rank, parse_targets
@@ -87,6 +77,7 @@ def resolve_lora_config(args: argparse.Namespace):
 
 def cmd_lora(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
+    from ..checkpoint import tensor_file
     from ..training import Trainer
     from ..training.plots import format_summary
     from .adapter import ADAPTER_WEIGHTS, short
@@ -106,7 +97,7 @@ def cmd_lora(args: argparse.Namespace) -> int:
     result = trainer.fit()
     print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; {format_summary(result.summary)}")
     adapter = run_dir / ADAPTER_WEIGHTS
-    base_size = (base.checkpoint / "ema.safetensors").stat().st_size
+    base_size = tensor_file(base.checkpoint, "ema").stat().st_size
     print(f"adapter: {adapter} ({adapter.stat().st_size / 1024:.0f} KiB, {adapter.stat().st_size / base_size:.1%} "
           f"of the base's weights); sample with: ddpmkit sample {args.run} --lora {run_dir}")
     return 0

@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
-from .. import __version__
 from ..checkpoint import save_checkpoint
 from ..errors import DdpmkitError
 from ..models import UNet
-from ..run import RunFolder
+from ..run import RunFolder, RunInfo
+from ..training.lora import LoRABase
 from .adapter import apply_adapter, merge, short, strip
-from .base import LoRABase
 
 
 def merge_run(base: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0) -> Path:
@@ -38,17 +35,14 @@ def merge_run(base: str | Path, adapter: str | Path, out: str | Path, scale: flo
     if info.data.get("name"):
         config.data.name = info.data["name"]
     step = int(info.step or 0)
-    state = {
-        "step": step,
-        "unet": lora_base.state["unet"],
-        "diffusion": lora_base.state["diffusion"],
-        "config": config.to_dict(),
-        "data": info.data or lora_base.state.get("data", {}),
-        "versions": {"ddpmkit": __version__, "torch": torch.__version__},
-        "lora_merged": {"base_checkpoint": str(lora_base.checkpoint), "base_fingerprint": short(lora_base.fingerprint),
-                        "adapter": os.path.abspath(adapter), "rank": info.rank, "alpha": info.alpha,
-                        "targets": info.targets, "scale": scale},
-    }
-    checkpoint = save_checkpoint(out_run.checkpoint_dir(step), {"ema": model.state_dict()}, state)
+    base_info = lora_base.info
+    data = info.data or {"name": base_info.data_name, "class_names": list(base_info.class_names)}
+    merged = RunInfo(
+        unet=base_info.unet, diffusion=base_info.diffusion, step=step, config=config, data_name=data.get("name"),
+        class_names=tuple(data.get("class_names") or ()),
+        lora_merged={"base_checkpoint": str(lora_base.checkpoint), "base_fingerprint": short(lora_base.fingerprint),
+                     "adapter": os.path.abspath(adapter), "rank": info.rank, "alpha": info.alpha,
+                     "targets": info.targets, "scale": scale})
+    checkpoint = save_checkpoint(out_run.checkpoint_dir(step), {"ema": model.state_dict()}, merged.to_state())
     config.save(out_run.config_file)
     return checkpoint

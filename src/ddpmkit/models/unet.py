@@ -23,7 +23,7 @@ passed as ``context=`` (concatenated after the label tokens when there are label
 Inputs whose size is not divisible by ``2**(L-1)`` are zero-padded (centred) up to the next multiple and the
 output is cropped back, so 28x28, 30x30, 48x48 all work with any number of levels.
 
-Named sizes (``UNetConfig.named``) are YAML files in ``ddpmkit/presets/unet/``, beside the run presets.
+Named sizes (``UNetConfig.named``) are YAML files in ``ddpmkit/models/unet_sizes/`` (:mod:`ddpmkit.models.sizes`).
 
 Zero initialisation (improved-diffusion): ``conv_out``, every ResBlock's second conv and every attention
 output projection start at zero, so the untrained network outputs exactly 0 and each block starts as the
@@ -53,7 +53,7 @@ from ddpmkit.models.layers import (
     timestep_embedding,
     zero_,
 )
-from ddpmkit.presets import load_unet_size
+from ddpmkit.models.sizes import load_unet_size
 
 _TIME_CONDITIONING = ("scale_shift", "additive")
 _CONDITIONING = ("embedding", "cross_attention", "both")
@@ -162,7 +162,7 @@ class UNetConfig:
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> UNetConfig:
-        """A named size (``tiny``, ``mnist``, ``cifar10``, ``pokemon64``: ``ddpmkit/presets/unet/<name>.yaml``)
+        """A named size (``tiny``, ``mnist``, ``cifar10``, ``pokemon64``: ``ddpmkit/models/unet_sizes/<name>.yaml``)
         with optional field overrides."""
         return cls.from_dict({**load_unet_size(name), **overrides})
 

@@ -1,23 +1,36 @@
-"""From a RunConfig to the objects a run needs: the diffusion, the UNet config, the optimizer; and the checks that
-reject a config (or a checkpoint to resume) before any work is done. Tests and benchmarks import these too."""
+"""From a RunConfig to a run ready to train: :func:`build_training` assembles every part (device, data, diffusion,
+the model from its source, the training state, resumed if asked, the metrics logger and the hooks) once, so the
+:class:`~ddpmkit.training.Trainer` only loops. The pieces (the diffusion, the UNet config, the optimizer) and the
+checks that reject a config, or a checkpoint to resume, before any work is done are here too; tests and benchmarks
+import them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from ..checkpoint import TRAINING_FILES, load_checkpoint
 from ..config import RunConfig
-from ..data import ImageArray
+from ..data import BatchLoader, ImageArray, load_dataset
+from ..device import autocast_dtype, configure_backend, resolve_precision, select_device
 from ..diffusion import Diffusion
 from ..errors import DdpmkitError
-from ..models import UNetConfig
-from ..run import STEP_PATTERN, RunFolder, checkpoint_step
+from ..models import UNet, UNetConfig
+from ..run import STEP_PATTERN, RunFolder, RunInfo, checkpoint_step
 from ..sampling import check_sampler_args
 from ..schedule import NoiseSchedule
-from ..timestep_sampler import TIMESTEP_SAMPLERS
+from ..timestep_sampler import TIMESTEP_SAMPLERS, make_timestep_sampler
+from .ema import EMA
+from .hooks import Hook, builtin_hooks, default_hooks, is_main_process
+from .lora import LoRABase
+from .metrics import MetricsLogger
+from .state import Stateful, TrainingState
 
 
 def build_diffusion(config: RunConfig) -> Diffusion:
@@ -106,23 +119,164 @@ RESUME_KEYS = [("data", "name"), ("data", "image_size"), ("data", "hflip"), ("tr
                ("lora", "alpha"), ("lora", "targets")]
 
 
-def check_resumable(state: dict[str, Any], config: RunConfig, unet: UNetConfig, diffusion: Diffusion,
-                    checkpoint: Path, run: RunFolder) -> None:
-    """One-line errors for a checkpoint that cannot continue as this run."""
+def check_resumable(info: RunInfo, config: RunConfig, unet: UNetConfig, diffusion: Diffusion, checkpoint: Path,
+                    run: RunFolder) -> None:
+    """One-line errors for a checkpoint (``info``: what it says about its run) that cannot continue as this run."""
     fix = "resume with the run folder's own config.yaml, or start a new run with --out"
-    stored = UNetConfig.from_dict(state["unet"]).to_dict() if "unet" in state else None  # later fields: defaults
-    if stored != unet.to_dict():
+    if info.unet.to_dict() != unet.to_dict():  # fields added after the checkpoint was written: their defaults
         raise DdpmkitError(f"checkpoint {checkpoint} was trained with another model config; {fix}")
-    if state.get("diffusion") != diffusion.to_dict():
+    if info.diffusion.to_dict() != diffusion.to_dict():
         raise DdpmkitError(f"checkpoint {checkpoint} was trained with other diffusion settings; {fix}")
-    saved = state.get("config", {})
-    defaults = RunConfig()  # a key added after the checkpoint was written had its default then
+    saved = info.config or RunConfig()  # a key added after the checkpoint was written had its default then
     for section, key in RESUME_KEYS:
-        was = saved.get(section, {}).get(key, getattr(getattr(defaults, section), key))
-        now = getattr(getattr(config, section), key)
+        was, now = getattr(getattr(saved, section), key), getattr(getattr(config, section), key)
         if (list(was) if isinstance(was, tuple) else was) != (list(now) if isinstance(now, tuple) else now):
             raise DdpmkitError(f"{section}.{key} was {was!r} in checkpoint {checkpoint} but is {now!r} now; {fix}")
-    newer = [p for p in run.checkpoints() if STEP_PATTERN.match(p.name) and checkpoint_step(p) > int(state["step"])]
+    newer = [p for p in run.checkpoints() if STEP_PATTERN.match(p.name) and checkpoint_step(p) > info.step]
     if newer:
-        raise DdpmkitError(f"{run.path} holds checkpoints newer than step {state['step']} ({newer[-1].name}); "
+        raise DdpmkitError(f"{run.path} holds checkpoints newer than step {info.step} ({newer[-1].name}); "
                            "resume the newest, or branch into another folder with --out")
+
+
+# ----- where the model comes from ------------------------------------------------------------------------------
+
+class ModelSource(Protocol):
+    """Where a run's model comes from, chosen once by :func:`model_source`: it names the UNet, gives its initial
+    weights, checks a checkpoint to resume, says what the run's RunInfo records about it (``lora``) and adds the
+    hooks it needs."""
+
+    def unet_config(self, config: RunConfig, data: ImageArray, diffusion: Diffusion) -> UNetConfig: ...
+
+    def initialize(self, model: torch.nn.Module, config: RunConfig) -> None: ...
+
+    def check_resume(self, info: RunInfo, checkpoint: Path) -> None: ...
+
+    def lora_entry(self, config: RunConfig) -> dict[str, Any] | None: ...
+
+    def hooks(self, config: RunConfig, data: ImageArray) -> list[Hook]: ...
+
+
+class FreshUNet:
+    """A new UNet: the config's named size fitted to the data, initialised from the run's seed."""
+
+    def unet_config(self, config: RunConfig, data: ImageArray, diffusion: Diffusion) -> UNetConfig:
+        return build_unet_config(config, data)
+
+    def initialize(self, model: torch.nn.Module, config: RunConfig) -> None:
+        pass  # the seeded initialisation of UNet(...)
+
+    def check_resume(self, info: RunInfo, checkpoint: Path) -> None:
+        if info.lora:
+            raise DdpmkitError(f"checkpoint {checkpoint} is from a LoRA run; resume it with ddpmkit lora --resume")
+
+    def lora_entry(self, config: RunConfig) -> dict[str, Any] | None:
+        return None
+
+    def hooks(self, config: RunConfig, data: ImageArray) -> list[Hook]:
+        return []
+
+
+def model_source(config: RunConfig) -> ModelSource:
+    """A LoRA base when ``config.lora.base`` is set (:class:`~ddpmkit.training.lora.LoRABase`), else a fresh UNet."""
+    return LoRABase.load(config.lora.base) if config.lora.base is not None else FreshUNet()
+
+
+# ----- the whole run -------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingParts:
+    """Everything a Trainer loops over, assembled by :func:`build_training`."""
+
+    config: RunConfig
+    run: RunFolder
+    device: torch.device
+    precision: str
+    amp_dtype: torch.dtype | None
+    data: ImageArray
+    diffusion: Diffusion
+    source: ModelSource
+    unet_config: UNetConfig
+    info: RunInfo                       # what every checkpoint of the run says about it (its step aside)
+    state: TrainingState
+    timestep_sampler: Any               # None: t uniform, drawn by the diffusion
+    steps_per_epoch: int
+    total_steps: int
+    logger: MetricsLogger | None        # None off the main process
+    hooks: list[Hook]                   # the periodic ones: the defaults, or those given
+    builtin_hooks: list[Hook]           # the progress bar, the end-of-run reports, the model source's
+
+
+def build_training(config: RunConfig, run_dir: Path, resume: Path | None = None, data: ImageArray | None = None,
+                   progress: bool = True, hooks: list[Hook] | None = None,
+                   extras: dict[str, Stateful] | None = None) -> TrainingParts:
+    """Assemble a run from its config: check it, pick the device, load the data (unless given), choose where the
+    model comes from, build the model, EMA, optimizer, loader and generator from the seed, restore them from
+    ``resume`` (a run or checkpoint folder, checked to continue the same run), and on the main process write
+    config.yaml and open the metrics logger. ``hooks`` replace the default periodic ones; ``extras`` (objects with
+    ``state_dict``/``load_state_dict``) ride in every checkpoint."""
+    tc, run = config.train, RunFolder(run_dir)
+    validate_train_config(config)
+    device = select_device(tc.device)
+    configure_backend(device)
+    precision = resolve_precision(tc.precision, device)
+    amp_dtype = autocast_dtype(precision, device)
+
+    checkpoint = tensors = saved = resumed = None
+    if resume is not None:
+        _, checkpoint = RunFolder.locate(resume)
+        tensors, saved = load_checkpoint(checkpoint, required=TRAINING_FILES)
+        resumed = RunInfo.from_state(saved, checkpoint)
+
+    data = data if data is not None else load_dataset(config.data.name, "train", config.data.image_size,
+                                                      progress=progress)
+    diffusion = build_diffusion(config)
+    source = model_source(config)
+    unet_config = source.unet_config(config, data, diffusion)
+    if resumed is not None:
+        # the label dropout is a training setting stored with the model: a resumed run keeps the one it was
+        # trained with (runs from before the default became 0.1 have 0.0)
+        unet_config = dataclasses.replace(unet_config, class_dropout_prob=resumed.unet.class_dropout_prob)
+        check_resumable(resumed, config, unet_config, diffusion, checkpoint, run)
+        source.check_resume(resumed, checkpoint)
+
+    torch.manual_seed(tc.seed)
+    model = UNet(unet_config)
+    source.initialize(model, config)
+    model = model.to(device)
+    generator_device = device if device.type == "cuda" else torch.device("cpu")
+    state = TrainingState(
+        model=model,
+        ema=EMA(model, tc.ema_decay, tc.ema_warmup),
+        optimizer=build_optimizer(model, config),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        loader=BatchLoader(data, tc.batch_size, shuffle=True, hflip=config.data.hflip, seed=tc.seed,
+                           model_kwargs=data.label_kwargs if unet_config.num_classes else None),
+        generator=torch.Generator(generator_device).manual_seed(tc.seed),
+        device=device,
+    )
+    steps_per_epoch = math.ceil(len(state.loader) / tc.grad_accum)
+    total_steps = tc.steps if tc.steps is not None else max(1, round(tc.epochs * steps_per_epoch))
+    timestep_sampler = (None if tc.timestep_sampler == "uniform" else
+                        make_timestep_sampler(tc.timestep_sampler, diffusion.num_steps,
+                                              diffusion.schedule.snr.double().cpu().numpy(),
+                                              tc.log_sigma_mean, tc.log_sigma_std))
+    if timestep_sampler is not None:  # its loss history is part of the checkpoint: resume stays exact
+        state.register("timestep_sampler", timestep_sampler)
+    for name, obj in (extras or {}).items():
+        state.register(name, obj)
+    if tensors is not None:
+        state.load_checkpoint(tensors, saved)
+
+    logger = None
+    if is_main_process():  # the run folder is written by the main process only
+        run.path.mkdir(parents=True, exist_ok=True)
+        config.save(run.config_file)
+        logger = MetricsLogger(run, tc.tensorboard, resume_step=state.step if resumed is not None else None)
+    info = RunInfo(unet=unet_config, diffusion=diffusion, config=config, data_name=data.name,
+                   class_names=tuple(data.class_names), lora=source.lora_entry(config))
+    return TrainingParts(
+        config=config, run=run, device=device, precision=precision, amp_dtype=amp_dtype, data=data,
+        diffusion=diffusion, source=source, unet_config=unet_config, info=info, state=state,
+        timestep_sampler=timestep_sampler, steps_per_epoch=steps_per_epoch, total_steps=total_steps, logger=logger,
+        hooks=hooks if hooks is not None else default_hooks(config, steps_per_epoch, progress),
+        builtin_hooks=[*builtin_hooks(config), *source.hooks(config, data)])
