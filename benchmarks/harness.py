@@ -1,7 +1,8 @@
 """One harness for recipe comparisons: train candidates on one budget, snapshot their EMA weights, score them.
 
-Used by ``recipe_search.py`` (which recipe the default job should use), ``time_to_quality.py`` (FID against
-training minutes, ours against diffusers' recipe) and ``recipe_table.py`` (schedules, targets, weightings).
+Used by ``benchmarks/time_to_quality.py`` (FID against training minutes, ours against diffusers' recipe) and by
+the experiments ``experiments/recipe_search.py`` (which recipe the default job should use) and
+``experiments/recipe_table.py`` (schedules, targets, weightings), which put this folder on their path.
 
 A candidate is a preset plus ``--set``-style overrides. :func:`train` runs the ordinary :class:`Trainer` with one
 hook instead of the default ones: it updates extra EMAs of the same weights (so one run answers "which EMA
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpmkit.config import RunConfig, load_preset
+from ddpmkit.config import RunConfig
 from ddpmkit.data import load_dataset
 from ddpmkit.eval import InceptionFeatures, MnistClassifier, class_histogram, reference_stats
 from ddpmkit.models import UNet
+from ddpmkit.presets import load_preset
 from ddpmkit.sampling import sample
 from ddpmkit.training import Trainer, build_diffusion
 from ddpmkit.training.ema import EMA
@@ -68,25 +70,26 @@ class Snapshots(Hook):
         super().__init__(every=1)
         self.out_dir, self.at_steps, self.extra_spec = Path(out_dir), set(at_steps), extra_emas
         self.extras: dict[str, EMA] = {}
-        self.start = time.perf_counter()
+        self.clock_start = time.perf_counter()  # not ``start``: that name is a Hook method
         self.hook_seconds = 0.0
         self.rows: list[dict] = []
 
-    def __call__(self, trainer: Trainer) -> None:
+    def __call__(self, ctx) -> None:
+        """``ctx``: what the trainer hands its hooks (step, model, ema, config)."""
         entered = time.perf_counter()
         if not self.extras:  # built after the first step, then updated with it, as the main EMA was
-            self.extras = {k: EMA(trainer.model, d, w) for k, (d, w) in self.extra_spec.items()}
+            self.extras = {k: EMA(ctx.model, d, w) for k, (d, w) in self.extra_spec.items()}
         for ema in self.extras.values():
-            ema.update(trainer.model)
-        if trainer.step in self.at_steps:
-            seconds = entered - self.start - self.hook_seconds
-            folder = self.out_dir / f"step{trainer.step:06d}"
+            ema.update(ctx.model)
+        if ctx.step in self.at_steps:
+            seconds = entered - self.clock_start - self.hook_seconds
+            folder = self.out_dir / f"step{ctx.step:06d}"
             folder.mkdir(parents=True, exist_ok=True)
-            emas = {"ema": trainer.ema, **self.extras}
+            emas = {"ema": ctx.ema, **self.extras}
             for label, ema in emas.items():
                 weights = {k: v.contiguous() for k, v in ema.model.state_dict().items()}
                 save_file(weights, folder / f"{label}.safetensors")
-            self.rows.append({"step": trainer.step, "images": trainer.step * trainer.config.train.batch_size,
+            self.rows.append({"step": ctx.step, "images": ctx.step * ctx.config.train.batch_size,
                               "train_seconds": seconds, "weights": sorted(emas)})
             (self.out_dir / "snapshots.json").write_text(json.dumps(self.rows, indent=1))
         self.hook_seconds += time.perf_counter() - entered
@@ -104,7 +107,7 @@ def train(candidate: Candidate, out_dir: Path, steps: int | None = None, snapsho
     at = sorted({max(1, round(f * total)) for f in snapshot_fractions})
     hook = Snapshots(out_dir, at, extra_emas or {})
     trainer.hooks = [hook]
-    hook.start = time.perf_counter()
+    hook.clock_start = time.perf_counter()
     trainer.fit()
     trainer.save_checkpoint()  # a run folder like the CLI's: ddpmkit sample/eval (and --nll) work on it
     (out_dir / "candidate.json").write_text(json.dumps({"name": candidate.name, "preset": candidate.preset,

@@ -1,12 +1,12 @@
-"""Does clipping x̂_0 at every sampling step cost quality? Samplers x clipping on one trained run (issue 9's lead).
+"""Does clipping x̂_0 at every sampling step cost quality? Samplers x clipping on one trained run.
 
 Each setting draws ``--num`` images from the run's EMA weights with the same initial noise and reports the share of
 pixels exactly black and faintly lit (1–2, 3–10, 11–40 of 255: the background haze of
-results/background_haze.json), the MNIST-classifier metrics (classifier FID, share classified with p > 0.9) and,
-with ``--inception``, Inception FID against the cached MNIST test[:2000] statistics. A setting is
+docs/experiments/background_haze.json), the MNIST-classifier metrics (classifier FID, share classified with
+p > 0.9) and, with ``--inception``, Inception FID against the cached MNIST test[:2000] statistics. A setting is
 SAMPLER:SPACING:STEPS:clip|noclip; STEPS+0 adds a last model evaluation at t = 0 after the spaced steps.
 
-    python benchmarks/clip_denoised.py runs/mnist --num 500 --inception \\
+    python experiments/clip_denoised.py runs/mnist --num 500 --inception \\
         --configs ddim:trailing:50:clip ddim:trailing:50:noclip dpm++2m:trailing:20:noclip
 """
 
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the shared harness
 from harness import Judge  # noqa: E402
 
 from ddpmkit.pipeline import Pipeline  # noqa: E402
 from ddpmkit.sampling import conditioned_model_fn, eval_mode, make_step, sample_loop, timestep_spacing  # noqa: E402
 from ddpmkit.viz import to_uint8  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 
 def pixel_shares(images: np.ndarray) -> dict[str, float]:

@@ -9,23 +9,25 @@ step costs are equal and the budget in images is a budget in CPU time.
 
 Run candidates as separate processes (one thread each, two at a time on two cores) and merge:
 
-    OMP_NUM_THREADS=1 python benchmarks/recipe_search.py --only base --steps 650 &
-    OMP_NUM_THREADS=1 python benchmarks/recipe_search.py --only edm --steps 650 &
-    python benchmarks/recipe_search.py --table            # merge into results/recipe_search.json
+    OMP_NUM_THREADS=1 python experiments/recipe_search.py --only base --steps 650 &
+    OMP_NUM_THREADS=1 python experiments/recipe_search.py --only edm --steps 650 &
+    python experiments/recipe_search.py --table            # merge into docs/experiments/recipe_search.json
 
-The full-budget confirmation (results/recipe_search_full.json) ran the same way with ``--steps 1300`` (``2600`` for
-the batch-32 candidate), ``--main-ema-only --sample-steps 20 --work /tmp/rsfull`` and ``--table --work /tmp/rsfull
---results recipe_search_full.json``.
+The full-budget confirmation (docs/experiments/recipe_search_full.json) ran the same way with ``--steps 1300``
+(``2600`` for the batch-32 candidate), ``--main-ema-only --sample-steps 20 --work /tmp/rsfull`` and
+``--table --work /tmp/rsfull --results recipe_search_full.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from harness import Candidate, Judge, draw, load_snapshot, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the shared harness
+from harness import Candidate, Judge, draw, load_snapshot, train  # noqa: E402
 
 # The search ran on the preset as it was then, with uniform training timesteps; the candidates spell that out, so
 # they stay the recipes that were measured whatever the preset draws.
@@ -52,7 +54,7 @@ CANDIDATES = {
                                                                               "train.warmup_steps=100"]),
 }
 EXTRA_EMAS = {"raw": (0.0, False), "ema0.99": (0.99, False), "ema0.995": (0.995, False), "ema0.998w": (0.998, True)}
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 
 def main() -> None:
@@ -64,7 +66,7 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=10)
     p.add_argument("--work", type=Path, default=Path("/tmp/recipe_search"))
     p.add_argument("--table", action="store_true", help="merge the candidates' rows")
-    p.add_argument("--results", default="recipe_search.json", help="file under results/ that --table writes")
+    p.add_argument("--results", default="recipe_search.json", help="file under docs/experiments/ that --table writes")
     p.add_argument("--main-ema-only", action="store_true", help="score only the preset's EMA (faster)")
     args = p.parse_args()
     if args.table:

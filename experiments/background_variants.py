@@ -1,7 +1,7 @@
 """What is the background worth to a run's FID? The same samples scored as drawn and with their background changed.
 
-Issue 9's default job loses Inception FID to grey backgrounds (a per-image offset that follows the initial noise's
-mean, benchmarks/background_offset.py). This script draws ``--num`` DDIM samples of one run from one seed
+The default job loses Inception FID to grey backgrounds (a per-image offset that follows the initial noise's
+mean, experiments/background_offset.py). This script draws ``--num`` DDIM samples of one run from one seed
 (class-balanced labels for a conditional run, as ``ddpmkit eval`` gives them) and scores, side by side:
 
 - ``as drawn``: what ``ddpmkit eval RUN --sampler ddim --steps 50`` scores;
@@ -14,7 +14,7 @@ mean, benchmarks/background_offset.py). This script draws ``--num`` DDIM samples
 Each row has the Inception FID against the data's test[:ref-num] (its reference statistics cached), the classifier
 FID, the share classified with p > 0.9 and the share of images whose background median is at least 2 grey levels.
 
-    python benchmarks/background_variants.py runs/cA --num 2000     # ~25 min on 2 cores
+    python experiments/background_variants.py runs/cA --num 2000     # ~25 min on 2 cores
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ddpmkit.pipeline import Pipeline
 from ddpmkit.sampling import eval_mode, make_step, sample_loop, timestep_spacing
 from ddpmkit.viz import to_uint8
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 
 @torch.no_grad()
@@ -74,7 +74,8 @@ def main() -> None:
     p.add_argument("--oracle-grey", type=int, nargs="*", default=[10], help="K of the oracle rows")
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--last-t", type=int, nargs="*", default=[], help="also: DDIM with one more step ending at t")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default results/background_variants_RUN.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON (default docs/experiments/background_variants_RUN.json)")
     args = p.parse_args()
 
     pipe = Pipeline.from_run(args.run, precision="fp32")
@@ -110,7 +111,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     report = {
-        "issue": 9, "run": str(args.run), "run_config": (args.run / "config.yaml").read_text(),
+        "run": str(args.run), "run_config": (args.run / "config.yaml").read_text(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "sampler": f"ddim {args.steps} (trailing, eta 0), seed {args.seed}, w = 1" + (", class-balanced labels"
                                                                                        if labels is not None else ""),

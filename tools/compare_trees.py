@@ -8,9 +8,9 @@ alternate (A B B A A B …) so that drift of this shared machine hits both alike
 - the default job cut to N steps: wall time of ``python -m ddpmkit.cli train --steps N`` (data already cached).
 
     git worktree add /tmp/base HEAD~3          # the "before" tree
-    python benchmarks/compare_trees.py /tmp/base . --rounds 3 --train-steps 200
+    python tools/compare_trees.py /tmp/base . --rounds 3 --train-steps 200
 
-Prints a table and writes benchmarks/results/compare_trees.json.
+Prints a table and writes docs/experiments/compare_trees.json (``--out``; ``--no-write`` writes nothing).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 
 UNET_CHILD = r"""
 import json, time, statistics, torch, torch.nn.functional as F
@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per UNet row in each process")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per repeat")
     ap.add_argument("--train-steps", type=int, default=200, help="steps of the default job; 0 skips it")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "experiments" / "compare_trees.json")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -131,13 +132,13 @@ def main() -> None:
         print(f"| {row['measurement']} | {row['before']:.1f} | {row['after']:.1f} "
               f"| {row['after_speed_vs_before']:.3f} |")
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
         payload = {"trees": {k: str(v) for k, v in trees.items()}, "cpu": cpu, "threads": os.cpu_count(),
                    "rounds": args.rounds, "rows": rows}
-        (RESULTS / "compare_trees.json").write_text(json.dumps(payload, indent=1))
-        print(f"wrote {RESULTS / 'compare_trees.json'}")
+        args.out.write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

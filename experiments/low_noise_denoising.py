@@ -1,4 +1,4 @@
-"""How well does a model denoise the background at low noise? One lead for the faint haze of issue 9.
+"""How well does a model denoise the background at low noise? One lead for the default job's faint haze.
 
 MNIST's background is exactly black (x_0 = −1 on 82% of the pixels), so a sample's faint background haze is the
 error of the model's last x̂_0 there. This script noises real MNIST test images to x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε at
@@ -6,7 +6,7 @@ a few timesteps, asks each run's EMA model for x̂_0 in one step, and reports th
 (x_0 = −1) and over the digit (the rest), beside σ_t = √(1−ᾱ_t), the RMS error of returning x_t unchanged.
 An error below 1/255 (0.0039 in model units) rounds away in the uint8 image.
 
-    python benchmarks/low_noise_denoising.py runs/base runs/nominsnr      # ~30 s on 2 cores
+    python experiments/low_noise_denoising.py runs/base runs/nominsnr      # ~30 s on 2 cores
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from ddpmkit.data import load_dataset
 from ddpmkit.pipeline import Pipeline
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 TIMESTEPS = (0, 2, 5, 10, 19, 49, 99, 199)
 
 

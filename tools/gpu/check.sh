@@ -4,7 +4,7 @@
 # failure in one does not stop the next; logs and results are packed into $OUT/check.tar.gz (OUT defaults to
 # /tmp/ddpmkit-gpu), with the smoke run's grid beside it.
 #
-#   bash benchmarks/gpu/check.sh            # ~4 minutes on an H200
+#   bash tools/gpu/check.sh                 # ~4 minutes on an H200
 #
 # Needs torch with CUDA, pytest, and diffusers (wheels in .whl/ are installed to /tmp/site when present, for machines
 # without a registry). Data sets come from $DDPMKIT_CACHE (default .gpu/cache when that exists).

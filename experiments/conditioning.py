@@ -1,9 +1,9 @@
 """What conditioning costs per training step: the mnist preset's UNet unconditional, with the label embedding, and
 with cross-attention to label tokens, timed interleaved in one process (this machine is noisy: ratios only).
 
-    python benchmarks/conditioning.py [--rounds 5] [--steps 5] [--batch-size 64]
+    python experiments/conditioning.py [--rounds 5] [--steps 5] [--batch-size 64]
 
-Prints a table and writes benchmarks/results/conditioning.json.
+Prints a table and writes docs/experiments/conditioning.json.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from ddpmkit.diffusion import Diffusion
 from ddpmkit.models import UNet, UNetConfig
 from ddpmkit.schedule import NoiseSchedule
 
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
+
 VARIANTS = {  # overrides of the mnist preset's UNet (the mnist size with one ResBlock a level)
     "unconditional (mnist)": {},
     "embedding (mnist-cond)": {"num_classes": 10},
@@ -34,7 +36,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per variant per round")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conditioning.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "conditioning.json")
     args = p.parse_args()
 
     diffusion = Diffusion(NoiseSchedule.cosine(1000), prediction="v", min_snr_gamma=5.0)

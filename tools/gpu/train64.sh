@@ -2,9 +2,9 @@
 # On a CUDA machine, in one command of about 9 minutes: the UNet speed table against diffusers, the sampling-speed
 # table (eager and CUDA graphs), then pokemon64 and emoji64 trained for MINUTES each (bf16) with the device tests
 # running beside the first training, and from each EMA model the DDIM-50 samples the FID needs (N = half the
-# training set: 504 Pokémon, 1,893 emoji; scored on the CPU by benchmarks/fid_samples.py).
+# training set: 504 Pokémon, 1,893 emoji; scored on the CPU by `ddpmkit eval npz FILE... --data pokemon`).
 #
-#   MINUTES=2.4 bash benchmarks/gpu/train64.sh
+#   MINUTES=2.4 bash tools/gpu/train64.sh
 #
 # The step count of each training is set from the pokemon64 batch-128 training speed measured by the UNet table a
 # few minutes earlier (85 % of it, for the data, EMA and clipping the table leaves out), so the cosine learning rate

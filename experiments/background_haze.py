@@ -1,4 +1,4 @@
-"""How much Inception FID does a faint background haze cost? A lead for the default job's FID (issue 9).
+"""How much Inception FID does a faint background haze cost? A lead for the default job's FID.
 
 Our MNIST samples have few exactly-black pixels (about 26% at 28 px, against 82% in MNIST test[:2000]); most of
 their background sits at 1–10 of 255, too faint to see and irrelevant to a digit classifier. This script puts the
@@ -6,7 +6,7 @@ same haze on real digits: real train[:N], and the same images with each black pi
 by a value drawn from the faint pixels (1–40) of a sample grid; both scored by Inception FID against the cached
 MNIST test[:2000] statistics.
 
-    python benchmarks/background_haze.py --grid runs/mnist/samples/latest.png     # ~5 min on 2 cores
+    python experiments/background_haze.py --grid runs/mnist/samples/latest.png     # ~5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ddpmkit.data import load_dataset
 from ddpmkit.eval.inception import InceptionFeatures
 from ddpmkit.eval.reference import reference_stats
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ samples from its EMA weights: the share of samples it classifies confidently (ma
 The training dynamics per step do not depend on the device, so the comparison can run on a GPU at CPU-sized
 step budgets (that is how the mnist preset was chosen); ``--measure`` must run on the CPU itself.
 
-    python benchmarks/mnist_recipe.py --measure                 # on the CPU: images/s per UNet variant
-    python benchmarks/mnist_recipe.py --device cuda --budget 720  # the comparison
+    python experiments/mnist_recipe.py --measure                 # on the CPU: images/s per UNet variant
+    python experiments/mnist_recipe.py --device cuda --budget 720  # the comparison
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmkit.config import load_preset
 from ddpmkit.data import load_dataset
 from ddpmkit.eval import MnistClassifier, class_histogram, reference_stats
 from ddpmkit.models import UNet
+from ddpmkit.presets import load_preset
 from ddpmkit.sampling import sample
 from ddpmkit.training import Trainer, build_diffusion, build_unet_config
 from ddpmkit.viz import to_uint8
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 # UNet variants (overrides of the named "mnist" size) and recipes (config overrides).
 MODELS = {
@@ -90,10 +92,10 @@ def main() -> None:
     p.add_argument("--measure", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=float, default=720.0, help="CPU seconds of training")
-    p.add_argument("--rates", type=Path, default=Path("benchmarks/results/mnist_unet_rates.json"))
+    p.add_argument("--rates", type=Path, default=RESULTS / "mnist_unet_rates.json")
     p.add_argument("--runs", default="", help="comma-separated model:recipe pairs (default: a standard set)")
     p.add_argument("--num", type=int, default=1000, help="samples judged per recipe")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/mnist_recipe.json"))
+    p.add_argument("--out", type=Path, default=RESULTS / "mnist_recipe.json")
     args = p.parse_args()
     if args.measure:
         rates = measure()

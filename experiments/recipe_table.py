@@ -5,10 +5,10 @@ number of steps, so at a fixed CPU budget (the UNet and its cost are the same; a
 channel). Each is scored from its EMA weights: FID of N samples (Inception, or the classifier-feature FID with
 ``--no-inception``) against MNIST test[:2000], the share classified with p > 0.9, and the variational bound in
 bits/dim on held-out images (``ddpmkit eval --nll``: N images, the terms used, a standard error). Built on the same
-harness as ``time_to_quality.py`` and ``recipe_search.py``.
+harness (``benchmarks/harness.py``) as ``benchmarks/time_to_quality.py`` and ``experiments/recipe_search.py``.
 
-    python benchmarks/recipe_table.py --steps 1300 --num 2000            # the table in the README (hours)
-    python benchmarks/recipe_table.py --preset tiny --steps 3 --num 16 --no-inception --nll-num 4 --nll-steps 4 \\
+    python experiments/recipe_table.py --steps 1300 --num 2000            # the table in the README (hours)
+    python experiments/recipe_table.py --preset tiny --steps 3 --num 16 --no-inception --nll-num 4 --nll-steps 4 \\
         --work /tmp/recipe-table-smoke --out /tmp/recipe-table-smoke/table.json    # what CI runs (seconds)
 """
 
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from harness import Candidate, Judge, draw, load_snapshot, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the shared harness
+from harness import Candidate, Judge, draw, load_snapshot, train  # noqa: E402
 
-from ddpmkit.eval.nll import evaluate_nll
+from ddpmkit.eval.nll import evaluate_nll  # noqa: E402
 
 RECIPES = {
     "preset": [],                                               # cosine, v-prediction, min-SNR-5, fixed variance
@@ -31,7 +33,7 @@ RECIPES = {
     "min-SNR off": ["diffusion.min_snr_gamma=null"],
     "learned variance": ["diffusion.variance=learned_range"],   # hybrid loss, λ = 0.001
 }
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 
 def write(args: argparse.Namespace, rows: list[dict]) -> None:

@@ -1,14 +1,14 @@
-"""Training images/s of the default job at batch 32 against batch 64 and the default of issue 9's filing, in one run.
+"""Training images/s of the default job at batch 32 against batch 64 and the earlier unconditional default, in one run.
 
-Issue 9's budget is the same number of training images in no more wall time than the default job took when the
-issue was filed (the unconditional recipe, now ``--preset mnist-uncond``): halving the batch doubles the optimizer
+The budget is the same number of training images in no more wall time than the earlier default job took (the
+unconditional recipe, now ``--preset mnist-uncond``): halving the batch doubles the optimizer
 steps and EMA updates, so the cost per image can only be measured. Each round trains every recipe for
 the same number of images (``--images``) with ``ddpmkit train`` (a fresh run each, no sample grid but the final
 one), rotating which goes first; the images/s are the medians of the job's own metric rows (hooks excluded),
 and the wall seconds are those the job prints for its steps (the final grid and checkpoint included).
 
-    python benchmarks/default_batch_speed.py                  # 3 rounds of 16,640 images (1/5 of the job) each
-    python benchmarks/default_batch_speed.py --images 640 --rounds 1 --work /tmp/bs-smoke   # smoke test
+    python experiments/default_batch_speed.py                  # 3 rounds of 16,640 images (1/5 of the job) each
+    python experiments/default_batch_speed.py --images 640 --rounds 1 --work /tmp/bs-smoke   # smoke test
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ddpmkit.device import cpu_description
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 RECIPES = {  # name -> (preset, batch size, extra overrides); everything else as the preset
     "mnist, batch 32 (the default)": ("mnist", 32, ["train.warmup_steps=100"]),
     "mnist, batch 64 (before)": ("mnist", 64, ["train.warmup_steps=50"]),

@@ -1,6 +1,6 @@
 """LoRA against full fine-tuning: adapt a trained base to new data for the same wall time, back to back.
 
-    python benchmarks/lora_adapt.py --base runs/mnist --data fashion-mnist --seconds 240 --num 1000
+    python experiments/lora_adapt.py --base runs/mnist --data fashion-mnist --seconds 240 --num 1000
 
 Each method trains from the base's EMA weights on ``--data`` for ``--seconds`` of wall time (same batch, same
 seed, same data order): LoRA (rank/α/targets as given, base frozen, lr ``--lora-lr``) and full fine-tuning (every
@@ -9,7 +9,7 @@ scored against the target data's test split: FID in the pinned MNIST classifier'
 28x28 grey shapes, digits or clothes alike) and, with ``--inception-num N``, the standard Inception FID on the
 first N samples. The floor (real training images against the same reference, same N) is measured beside them.
 
-Prints a table and writes benchmarks/results/lora_adapt.json and a before/after grid (base | LoRA | full).
+Prints a table and writes docs/experiments/lora_adapt.json and a before/after grid (base | LoRA | full).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ddpmkit.sampling import sample
 from ddpmkit.training import Trainer
 from ddpmkit.viz import save_grid, to_uint8
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 
 
 def _config(base: Path, data: str, method: str, args: argparse.Namespace) -> RunConfig:

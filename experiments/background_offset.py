@@ -1,13 +1,13 @@
 """Where does the default job's background haze come from? A per-image offset that follows the initial noise.
 
 MNIST's background is exactly black, yet about half of a default-job model's samples come out with a background
-that is uniformly lifted by 2-8 grey levels (issue 9). This script draws ``--num`` DDIM samples per run from the
+that is uniformly lifted by 2-8 grey levels. This script draws ``--num`` DDIM samples per run from the
 same seed and, per image, compares the background offset (mean of x_0 + 1 over the background pixels, x_0 < −0.5,
 unclamped, in grey levels of 255/2 per unit) with the spatial mean of the initial noise x_T, the one direction of
 x_T that a per-channel normalisation cannot see. A correlation near 1 says the model passes the noise's mean through
 to the image instead of removing it; near 0 says it does not. Conditional runs get class-balanced labels (w = 1).
 
-    python benchmarks/background_offset.py runs/a runs/b      # ~20 s a run on 2 cores (128 samples, DDIM-50)
+    python experiments/background_offset.py runs/a runs/b      # ~20 s a run on 2 cores (128 samples, DDIM-50)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from ddpmkit.pipeline import Pipeline
 from ddpmkit.sampling import sample
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "experiments"  # each experiment's page and JSON
 GREY_PER_UNIT = 127.5  # x in [-1, 1] -> uint8 grey levels
 
 
