@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
     "ddpmkit.config": 4, "ddpmkit.presets": 4, "ddpmkit.run": 4, "ddpmkit.checkpoint": 4,
     "ddpmkit.training": 5,
     "ddpmkit.pipeline": 6, "ddpmkit.request": 6,
-    "ddpmkit.eval": 7, "ddpmkit.lora.merged_run": 7, "ddpmkit.demo": 7, "ddpmkit.export": 7,
+    "ddpmkit.eval": 7, "ddpmkit.lora.merged_run": 7, "ddpmkit.demo": 7, "ddpmkit.export": 7, "ddpmkit.export.cli": 8,
     "ddpmkit.distill": 7,
     "ddpmkit.cli": 8, "ddpmkit.cli_args": 8, "ddpmkit.__main__": 8, "ddpmkit.data.cli": 8,
     "ddpmkit.data.__main__": 8, "ddpmkit.eval.cli": 8, "ddpmkit.lora.cli": 8, "ddpmkit.demo.cli": 8,

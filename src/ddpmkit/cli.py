@@ -72,7 +72,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
              "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)",
              "demo": "a Gradio app for a trained run (ddpmkit demo --help; pip install 'ddpmkit[demo]')",
-             "lora": "fine-tune a run with LoRA adapters, or merge one (ddpmkit lora --help)"}
+             "lora": "fine-tune a run with LoRA adapters, or merge one (ddpmkit lora --help)",
+             "export": "write a run as a diffusers pipeline folder (ddpmkit export --help)",
+             "import-diffusers": "turn a diffusers UNet2DModel folder into a run (ddpmkit import-diffusers --help)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +101,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         from .lora.cli import lora_main
 
         return lora_main(rest)
+    if command in ("export", "import-diffusers"):
+        from .export.cli import export_main, import_main
+
+        return (export_main if command == "export" else import_main)(rest)
     from .eval.cli import eval_main
 
     return eval_main(rest)

@@ -16,20 +16,24 @@ from torch import Tensor, nn
 from ddpmkit.models.norm import group_norm_film_act
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, cos_first: bool = True,
+                       freq_shift: float = 0.0) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, shape (B, dim), float32.
 
-    With ``half = dim // 2`` and ``f_i = max_period ** (-i / half)`` for ``i = 0 .. half-1``::
+    With ``half = dim // 2`` and ``f_i = max_period ** (-i / (half - freq_shift))`` for ``i = 0 .. half-1``::
 
         emb(t) = [cos(t f_0), ..., cos(t f_{half-1}), sin(t f_0), ..., sin(t f_{half-1})]
 
     (Vaswani et al. 2017, sec. 3.5, in the cos-first arrangement of improved-diffusion's
-    ``nn.timestep_embedding``; an odd ``dim`` gets one trailing zero).
+    ``nn.timestep_embedding``; an odd ``dim`` gets one trailing zero). The original DDPM code puts the sines first
+    and divides by ``half - 1`` (``cos_first=False, freq_shift=1``: diffusers' ``flip_sin_to_cos=False,
+    freq_shift=1`` of the DDPM checkpoints).
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    freqs = torch.exp(-math.log(max_period) * exponent)
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)] if cos_first else [torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb

@@ -70,7 +70,8 @@ class UNetConfig:
     channel_mults: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 2  # per encoder level; the decoder has num_res_blocks + 1 (DDPM)
     attention_resolutions: tuple[int, ...] = ()  # feature-map sizes (pixels) at which self-attention is used
-    num_heads: int = 4
+    num_heads: int = 4  # heads of every attention block, whatever its width
+    head_channels: int | None = None  # instead: heads of width head_channels (width // head_channels heads: diffusers)
     dropout: float = 0.0
     time_conditioning: str = "scale_shift"  # or "additive" (DDPM)
     learn_sigma: bool = False  # output 2 * out_channels: prediction + variance interpolation v
@@ -83,6 +84,8 @@ class UNetConfig:
     context_dim: int | None = None  # width D of the context tokens (None: 4 * base_channels, the label tokens')
     label_tokens: int = 4  # context tokens per label with cross-attention (one token would make it query-blind)
     channels_last: bool = True  # NHWC convs: CIFAR-sized bf16 inference 84 vs 57 img/s (benchmarks/results)
+    time_embedding_order: str = "cos_sin"  # the sinusoid's halves: cos_sin (improved-diffusion) or sin_cos (DDPM)
+    time_freq_shift: int = 0  # f_i = 10000^(-i / (half - shift)): 0 (improved-diffusion), 1 (DDPM's checkpoints)
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -95,6 +98,10 @@ class UNetConfig:
                                f"[{self.level_resolutions()[-1]}] (the feature-map sizes with cross-attention)")
         if self.label_tokens < 1:
             raise DdpmkitError(f"label_tokens={self.label_tokens} must be at least 1")
+        if self.time_embedding_order not in ("cos_sin", "sin_cos"):
+            raise DdpmkitError(f"time_embedding_order={self.time_embedding_order!r} is unknown; use cos_sin or sin_cos")
+        if self.head_channels is not None and self.head_channels < 1:
+            raise DdpmkitError(f"head_channels={self.head_channels} must be positive (or null: num_heads heads)")
         if self.time_conditioning not in _TIME_CONDITIONING:
             raise DdpmkitError(
                 f"time_conditioning={self.time_conditioning!r} is unknown; "
@@ -110,9 +117,10 @@ class UNetConfig:
                     f"channel width {ch} is not divisible by norm_groups={self.norm_groups}; "
                     "choose base_channels/channel_mults/norm_groups so every level divides"
                 )
-            if ch % self.num_heads and (self.attention_resolutions or self.mid_attention
-                                        or self.cross_attention_resolutions):
-                raise DdpmkitError(f"channel width {ch} is not divisible by num_heads={self.num_heads}")
+            if (self.attention_resolutions or self.mid_attention or self.cross_attention_resolutions) and \
+                    ch % (self.head_channels or self.num_heads):
+                what = f"head_channels={self.head_channels}" if self.head_channels else f"num_heads={self.num_heads}"
+                raise DdpmkitError(f"channel width {ch} is not divisible by {what}")
         unknown = set(self.attention_resolutions + self.cross_attention_resolutions) - set(self.level_resolutions())
         if unknown:
             raise DdpmkitError(
@@ -123,6 +131,10 @@ class UNetConfig:
             raise DdpmkitError(f"num_classes={self.num_classes} must be positive or None")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.class_dropout_prob <= 1.0:
             raise DdpmkitError("dropout must be in [0, 1) and class_dropout_prob in [0, 1]")
+
+    def heads(self, channels: int) -> int:
+        """The number of attention heads at a width: ``num_heads``, or ``channels // head_channels``."""
+        return channels // self.head_channels if self.head_channels else self.num_heads
 
     @property
     def resolved_context_dim(self) -> int:
@@ -195,11 +207,11 @@ class UNet(nn.Module):
         temb = 4 * base  # DDPM: time-embedding width is 4x the base channels
         scale_shift = cfg.time_conditioning == "scale_shift"
         res_block = lambda i, o: ResBlock(i, o, temb, groups, cfg.dropout, scale_shift)
-        attn = lambda c: AttentionBlock(c, cfg.num_heads, groups)
+        attn = lambda c: AttentionBlock(c, cfg.heads(c), groups)
         attn_levels = {lvl for lvl, r in enumerate(cfg.level_resolutions()) if r in cfg.attention_resolutions}
         cross_levels = {lvl for lvl, r in enumerate(cfg.level_resolutions()) if r in cfg.cross_attention_resolutions}
         ctx = cfg.resolved_context_dim
-        cross = lambda c: CrossAttentionBlock(c, ctx, cfg.num_heads, groups)
+        cross = lambda c: CrossAttentionBlock(c, ctx, cfg.heads(c), groups)
 
         def level_blocks(lvl: int, res_in: int, res_out: int) -> list[nn.Module]:
             return ([res_block(res_in, res_out)] + ([attn(res_out)] if lvl in attn_levels else [])
@@ -263,7 +275,10 @@ class UNet(nn.Module):
         """(time embedding [+ label vector], context tokens [label tokens, then ``context``] or None)."""
         if t.ndim == 0:
             t = t.expand(batch)
-        emb = self.time_mlp(timestep_embedding(t.to(device), self.config.base_channels))
+        cfg = self.config
+        sinusoid = timestep_embedding(t.to(device), cfg.base_channels, cos_first=cfg.time_embedding_order == "cos_sin",
+                                      freq_shift=cfg.time_freq_shift)
+        emb = self.time_mlp(sinusoid)
         if context is not None:
             if not self.config.cross_attention_resolutions:
                 raise DdpmkitError("a context was given to a UNet without cross-attention; "
