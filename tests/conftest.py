@@ -41,12 +41,13 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(no_gpu)
 
 
-def require_cached(present: bool | Path | str, what: str) -> None:
-    """Skip (outside CI) or fail (in CI, which fetches the data first) when a cached download is missing."""
+def require_cached(present: bool | Path | str, what: str, fetch: str = "bash .ci/run") -> None:
+    """Skip (outside CI) or fail (in CI, which fetches the data first) when a cached download is missing; ``fetch``
+    is the command that fetches it (``ddpmkit data fetch NAME``, ``ddpmkit eval fetch``)."""
     ok = present if isinstance(present, bool) else Path(present).exists()
     if ok:
         return
-    message = f"{what} is not in the cache; fetch it first (e.g. `ddpmkit data fetch mnist`)"
+    message = f"{what} is not in the cache; fetch it first (`{fetch}`)"
     if IN_CI:
         pytest.fail(message + " — CI's .ci/run should have fetched it")
     pytest.skip(message)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
+import shlex
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -59,7 +61,51 @@ def make_workspace(root: Path) -> Path:
         (root / name).mkdir()
         shutil.copy(root / "adapter" / "adapter.json", root / name)
         (root / name / weights).write_bytes(pickle.dumps({"lora_A": [1.0, 2.0]}))
+    make_broken_inputs(root, checkpoint)
     return root
+
+
+def make_broken_inputs(root: Path, checkpoint: Path) -> None:
+    """A user's folder, invalid YAML (a preset file, a run's config.yaml), weights of another model size, a folder
+    with a huge PNG and one with a corrupt PNG, and a cache whose converted data set changed on disk."""
+    import struct
+    import zlib
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ddpmkit.data.named import cached_path
+    from ddpmkit.fetch import record_sha256
+
+    (root / "userfiles").mkdir()
+    (root / "userfiles" / "notes.txt").write_text("the user's own notes")
+    (root / "bad.yaml").write_text("train:\n  lr: [1,\n  steps: 3: 4\n")
+    shutil.copytree(root / "run", root / "brokencfg")
+    (root / "brokencfg" / "config.yaml").write_text("train: [\n")
+    resized = root / "resized"  # the run's checkpoint with the weights of a twice-as-wide model
+    shutil.copytree(checkpoint, resized)
+    for name in ("model", "ema"):
+        tensors = load_file(str(resized / f"{name}.safetensors"))
+        save_file({k: torch.zeros(v.shape[0] * 2, *v.shape[1:]) if v.ndim else v for k, v in tensors.items()},
+                  str(resized / f"{name}.safetensors"))
+
+    def png(width: int, height: int, data: bytes) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+    (root / "huge").mkdir()  # 14000 x 14000 in its header: Pillow refuses to open it
+    (root / "huge" / "big.png").write_bytes(png(14000, 14000, zlib.compress(b"")))
+    (root / "corrupt").mkdir()  # a valid header over data that is not zlib
+    (root / "corrupt" / "bad.png").write_bytes(png(16, 16, b"not zlib data at all"))
+    datasets = root / "badcache" / "datasets"
+    datasets.mkdir(parents=True)
+    shutil.copy(cached_path("digits"), datasets / "digits.npz")
+    record_sha256(datasets / "digits.npz")
+    changed = bytearray((datasets / "digits.npz").read_bytes())
+    changed[len(changed) // 2] ^= 0xFF
+    (datasets / "digits.npz").write_bytes(bytes(changed))
 
 
 RUN = "{run}"
@@ -102,6 +148,25 @@ CASES = [
      "train.batch_size was"),
     (["train", "--resume", RUN, "--set", "model.base_channels=16", "--no-progress"], "another model config"),
     (["train", "--resume", "{root}/truncated", "--out", "r", "--no-progress"], "truncated or corrupt"),
+    (["train", *TINY, "--set", "train.betas=[0.9]", "--out", "r"], "train.betas expects a list of 2 values"),
+    (["train", *TINY, "--set", "train.betas=[0.9,0.999,0.5]", "--out", "r"], "train.betas expects a list of 2 values"),
+    (["train", *TINY, "--set", "train.betas=[0.9,1.5]", "--out", "r"], "train.betas must be two numbers in [0, 1)"),
+    (["train", *TINY, "--lr", "nan", "--out", "r"], "train.lr must be a finite number"),
+    (["train", *TINY, "--lr", "inf", "--out", "r"], "train.lr must be a finite number"),
+    (["train", *TINY, "--set", "train.weight_decay=-1", "--out", "r"], "train.weight_decay must be >= 0"),
+    (["train", *TINY, "--set", "diffusion.num_steps=0", "--out", "r"], "diffusion.num_steps (T, the noise levels)"),
+    (["train", *TINY, "--out", ""], "an empty path would write into the current folder"),
+    (["train", *TINY, "--out", "{root}/userfiles"], "holds files that are not part of a ddpmkit run"),
+    (["train", "--preset", "{root}/bad.yaml", "--out", "r"], "is not valid YAML (line 3, column 11"),
+    (["train", "--resume", "{root}/brokencfg", "--no-progress"], "config.yaml is not valid YAML (line 2"),
+    (["train", "--resume", "{root}/resized", "--out", "r", "--no-progress"], "do not fit the model its state.json"),
+    (["train", "--resume", RUN, "--lr", "0.002", "--no-progress"], "--allow-changes"),
+    (["train", *TINY, "--data", "folder:{root}/huge", "--out", "r"], "pixels Pillow opens from an untrusted file"),
+    (["train", *TINY, "--data", "folder:{root}/corrupt", "--out", "r"], "bad.png: broken data stream"),
+    (["DDPMKIT_CACHE={root}/afile", "train", *TINY, "--out", "r"], "cannot be used (a file is in the way)"),
+    (["DDPMKIT_CACHE=", "HOME={root}/afile", "train", *TINY, "--out", "r"], "(under HOME) cannot be used"),
+    (["DDPMKIT_CACHE=/proc/x", "train", *TINY, "--out", "r"], "DDPMKIT_CACHE=/proc/x cannot be used"),
+    (["DDPMKIT_CACHE={root}/badcache", "train", *TINY, "--out", "r"], "does not match the sha256 recorded"),
     # sample
     (["sample", RUN, "--num", "0"], "--num and --batch-size must be at least 1"),
     (["sample", RUN, "--batch-size", "0"], "--num and --batch-size must be at least 1"),
@@ -134,6 +199,11 @@ CASES = [
     (["sample", RUN, "--lora", "{root}/disguised-adapter"], "is not a safetensors file"),
     (["sample", RUN, "--lora", "{root}/adapter"], "was made for base sha256:"),
     (["sample", RUN, "--lora-scale", "0.5"], "a LoRA scale needs a model with adapters"),
+    (["sample", RUN, "--lora-scale", "nan"], "--lora-scale must be a finite number"),
+    (["sample", RUN, "--lora-scale", "inf"], "--lora-scale must be a finite number"),
+    (["sample", RUN, "--out", "{root}/grid.txt"], "not a picture format"),
+    (["sample", RUN, "--num", "1000000000"], "more than this machine has"),
+    (["sample", "{root}/resized"], "do not fit the model its state.json"),
     # eval
     (["eval", RUN, "--steps", "0"], "steps must be between 1 and"),
     (["eval", RUN, "--steps", "10,x"], "--steps expects comma-separated integers"),
@@ -146,6 +216,7 @@ CASES = [
     (["eval", RUN, "--nll", "--nll-steps", "1"], "--nll-steps must be between 2 and 100"),
     (["eval", RUN, "--num", "1"], "must be at least 2"),
     (["eval", RUN, "--metrics", "psnr"], "unknown metrics"),
+    (["eval", RUN, "--metrics", ""], "name at least one metric"),
     (["eval", RUN, "--ref-split", "dev"], "unknown reference split"),
     (["eval", RUN, "--out", "{root}/afile"], "is a file, not a folder"),
     (["eval", "{root}/missing"], "does not exist"),
@@ -157,11 +228,14 @@ CASES = [
     (["lora", RUN, "--out", "r", "--targets", "attn,ffn"], "unknown LoRA target 'ffn'"),
     (["lora", RUN, "--out", RUN], "already holds a trained run"),
     (["lora", RUN, "--out", "{root}/afile"], "is a file, not a folder"),
+    (["lora", RUN, "--out", ""], "an empty path would write into the current folder"),
+    (["lora", RUN, "--out", "{root}/userfiles", "--no-progress"], "holds files that are not part of a ddpmkit run"),
     (["lora", "{root}/missing", "--out", "r"], "does not exist"),
     (["lora", "{root}/adapter", "--out", "r", "--no-progress"], "is itself a LoRA run"),
     (["lora", "merge", RUN, "{root}/empty", "--out", "r"], "has no adapter.json"),
     (["lora", "merge", RUN, "{root}/adapter", "--out", "r"], "was made for base sha256:"),
     (["lora", "merge", RUN, "{root}/adapter", "--out", RUN], "already holds a run"),
+    (["lora", "merge", RUN, "{root}/adapter", "--out", "r", "--scale", "nan"], "--scale must be a finite number"),
     (["lora"], "the following arguments are required"),
     # data
     (["data", "show", "imagenet"], "imagenet"),
@@ -169,6 +243,7 @@ CASES = [
     (["data", "show", "digits", "--out", "{root}/afile/x.png"], "is a file, not a folder"),
     (["data", "show", "digits", "--split", "dev"], "invalid choice: 'dev'"),
     (["data", "show", "digits", "--num", "0"], "--num must be at least 1"),
+    (["data", "show", "digits", "--out", "{root}/grid.txt"], "not a picture format"),
     (["data", "show", "folder:{root}/empty"], "no image files"),
     (["data"], "the following arguments are required"),
     # demo (checked before any server starts, Gradio or not)
@@ -194,13 +269,35 @@ def snapshot(root: Path) -> dict[str, str]:
     return state
 
 
+ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a case's leading NAME=value words set the environment of its command
+
+
+def split_env(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    words = list(argv)
+    env = {}
+    while words and ENV.match(words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    return env, words
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    env, argv = split_env(argv)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse exits by itself
-            code = exc.code
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse exits by itself
+                code = exc.code
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return code, out.getvalue(), err.getvalue()
 
 
@@ -222,7 +319,9 @@ The table below is that catalogue. `tests/test_bad_input.py` runs every row and 
 each message is the one shown here; `python tests/test_bad_input.py` rewrites the table from the test's list (the
 test fails when they differ). In the commands, `RUN` is a trained run, `cond` a class-conditional one, and
 `--preset tiny` stands for `--preset tiny --data digits --set data.image_size=16 --no-progress --device cpu` (the
-test's small model, for speed). LoRA fingerprints (`sha256:…`) vary by machine and are shortened.
+test's small model, for speed). A command may begin with environment settings (`DDPMKIT_CACHE=afile ddpmkit …`);
+`afile` is a file, `userfiles` a folder of the user's own files, `resized` a checkpoint holding the weights of
+another model size. Hashes and LoRA fingerprints (`sha256:…`) vary by machine and are shortened.
 
 """
 
@@ -231,21 +330,28 @@ def resolve(argv: list[str], root: Path) -> list[str]:
     return [a.replace(RUN, str(root / "run")).replace("{root}", str(root)) for a in argv]
 
 
+def shell_word(word: str) -> str:
+    """A word as a shell needs it typed: quoted when empty or holding spaces, brackets, quotes or the like."""
+    return shlex.quote(word) if not word or re.search(r"[\s\[\]'\"*?;&|<>()$`\\!]", word) else word
+
+
 def catalogue_row(argv: list[str], message: str, root: Path) -> str:
     """One catalogue row: the command as a user types it (RUN a trained run) -> the message, paths shortened."""
-    command = " ".join(argv).replace(" ".join(TINY), "--preset tiny").replace(RUN, "RUN")
-    command = command.replace("{root}/", "")
+    env, argv = split_env(argv)
+    command = " ".join(map(shell_word, argv)).replace(" ".join(TINY), "--preset tiny").replace(RUN, "RUN")
+    words = [*(f"{k}={shell_word(v)}" for k, v in env.items()), "ddpmkit", command]
+    command = " ".join(words).replace("{root}/", "")
     message = message.replace(str(root / "run"), "RUN").replace(f"{root}/", "").replace(str(root), ".")
     message = message.split("error: ", 1)[-1]
     message = re.sub(r"sha256:[0-9a-f]{12}", "sha256:…", message)  # fingerprints of trained weights vary by machine
-    return f"| `ddpmkit {command}` | {message.replace('|', chr(92) + '|')} |"
+    return f"| `{command}` | {message.replace('|', chr(92) + '|')} |"
 
 
 def catalogue_rows() -> list[str]:
     text = CATALOGUE.read_text() if CATALOGUE.exists() else ""
     assert BEGIN in text and END in text, "docs/errors.md lacks the catalogue: run python tests/test_bad_input.py"
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    return [line for line in section.splitlines() if line.startswith("| `ddpmkit")]
+    return [line for line in section.splitlines() if line.startswith("| `")]
 
 
 def test_catalogue_is_large():
@@ -278,7 +384,6 @@ def test_readme_links_the_catalogue():
 
 
 if __name__ == "__main__":  # rewrite docs/errors.md's catalogue from the table: python tests/test_bad_input.py
-    import os
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

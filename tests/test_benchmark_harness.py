@@ -23,7 +23,8 @@ pytest.importorskip("matplotlib")
 
 
 def _run(script: str, *args: str, cwd: Path) -> str:
-    require_cached(classifier_is_cached() and Path(cached_path("mnist")).exists(), "MNIST and its classifier")
+    require_cached(classifier_is_cached() and Path(cached_path("mnist")).exists(), "MNIST and its classifier",
+                   "ddpmkit data fetch mnist && ddpmkit eval fetch")
     done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -189,7 +189,7 @@ def test_tiny_preset_trains_with_the_base_install_alone(tmp_path):
 
     from ddpmkit.data.named import cached_path
 
-    require_cached(cached_path("mnist"), "the mnist data set")
+    require_cached(cached_path("mnist"), "the mnist data set", "ddpmkit data fetch mnist")
     out = tmp_path / "tiny"
     code = ("import sys; sys.modules['sklearn'] = None; from ddpmkit.cli import main; "
             f"sys.exit(main(['train', '--preset', 'tiny', '--out', {str(out)!r}, '--no-progress', '--steps', '2', "

@@ -124,7 +124,7 @@ def test_digits_converted_and_cached(tmp_path, monkeypatch):
 
 
 def _cached(name):
-    require_cached(cached_path(name), f"the {name} data set")
+    require_cached(cached_path(name), f"the {name} data set", f"ddpmkit data fetch {name}")
 
 
 def test_mnist_real():

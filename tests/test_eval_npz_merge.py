@@ -22,7 +22,7 @@ N = 40  # digits: 1,797 8x8 images shipped with scikit-learn, no download
 @pytest.fixture(scope="module")
 def classifier():
     """The pinned MNIST classifier: 128-d features, so the FIDs take milliseconds (Inception's 2048-d take seconds)."""
-    require_cached(classifier_is_cached(), "the MNIST classifier (`ddpmkit eval fetch`)")
+    require_cached(classifier_is_cached(), "the MNIST classifier", "ddpmkit eval fetch")
     from ddpmkit.eval.classifier import MnistClassifier
 
     return MnistClassifier()

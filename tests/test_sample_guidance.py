@@ -56,7 +56,7 @@ def test_eval_rows_name_the_runs_guidance(guided_run):
     from ddpmkit.eval import evaluate_run
     from ddpmkit.eval.classifier import classifier_is_cached
 
-    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    require_cached(classifier_is_cached(), "MNIST-classifier weights", "ddpmkit eval fetch")
     kwargs = dict(samplers=("ddim",), steps=(3,), num=4, ref_num=8, metrics=("classes",), device="cpu",
                   precision="fp32", progress=False, out=guided_run.parent / "eval")
     assert [r["guidance"] for r in evaluate_run(guided_run, **kwargs).rows] == [2.5]

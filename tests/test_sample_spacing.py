@@ -71,7 +71,7 @@ def test_eval_labels_the_runs_spacing_beside_an_explicit_one(linspace_run):
     from ddpmkit.eval import evaluate_run
     from ddpmkit.eval.classifier import classifier_is_cached
 
-    require_cached(classifier_is_cached(), "MNIST-classifier weights")
+    require_cached(classifier_is_cached(), "MNIST-classifier weights", "ddpmkit eval fetch")
     result = evaluate_run(linspace_run, samplers=("ddim", "ddim:trailing", "dpm++2m"), steps=(4,), num=4, ref_num=8,
                           metrics=("classes",), device="cpu", precision="fp32", progress=False,
                           out=linspace_run.parent / "eval")

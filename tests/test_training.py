@@ -189,6 +189,7 @@ def test_sigkill_while_saving_leaves_the_last_checkpoint_usable(tmp_path):
     assert state["step"] == 2
     resumed = Trainer(tiny_config(6, checkpoint_every=1), run, resume=run, data=tiny_data(), progress=False)
     assert resumed.step == 2
+    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())  # the next writer cleans up
     resumed.fit()
     assert list_checkpoints(run)[-1].name == "step_0000006"
 
@@ -257,7 +258,7 @@ def test_fid_during_training_is_logged_with_its_n(tmp_path):
     from ddpmkit.training.metrics import read_metrics
 
     pytest.importorskip("sklearn")
-    require_cached(classifier_is_cached(), "MNIST classifier weights")
+    require_cached(classifier_is_cached(), "MNIST classifier weights", "ddpmkit eval fetch")
     config = tiny_config(4, fid_every=2, fid_num=8, fid_ref_num=20, fid_features="classifier")
     config.override(["data.name=digits", "data.image_size=8"])
     trainer = Trainer(config, tmp_path / "run", progress=False)
@@ -424,6 +425,7 @@ def test_the_rank_guard_keeps_other_processes_from_writing(tmp_path, monkeypatch
     monkeypatch.setattr(dist, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 1)  # the guard alone (no process group to join)
     trainer = Trainer(tiny_config(3, sample_every=1), tmp_path / "run", data=tiny_data(), progress=False)
     result = trainer.fit()
     assert result.step == 3 and result.summary == {} and not (tmp_path / "run").exists()

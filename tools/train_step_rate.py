@@ -5,12 +5,16 @@ to compare them (tools/compare_trees.py times whole commands).
     for t in /tmp/before .; do PYTHONPATH=$t/src python tools/train_step_rate.py; done
 """
 
-import time, sys, tempfile, json
-import torch
+import json
+import tempfile
+import time
+
 from ddpmkit.presets import load_preset
 from ddpmkit.training import Trainer
+
 cfg = load_preset("mnist")
-cfg.override(["train.steps=2600", "train.sample_every=100000", "train.checkpoint_every=100000", "train.tensorboard=false"])
+cfg.override(["train.steps=2600", "train.sample_every=100000", "train.checkpoint_every=100000",
+              "train.tensorboard=false"])
 with tempfile.TemporaryDirectory() as d:
     t = Trainer(cfg, d + "/run", progress=False, hooks=[])
     t.fit(until=20)  # warm up

@@ -37,8 +37,11 @@ def atomic_file(path: str | Path, verify: Callable[[Path], object] | None = None
     ``verify(tmp_path)`` may check the written file (e.g. its sha256) before it is renamed into place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -48,10 +51,18 @@ def atomic_file(path: str | Path, verify: Callable[[Path], object] | None = None
         if verify is not None:
             verify(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a quota: the old file (if any) is untouched, the temporary one removed
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _write_error(path: Path, exc: OSError) -> DdpmkitError:
+    return DdpmkitError(f"cannot write {path} ({exc.strerror or exc}); nothing was replaced: free some space (or fix "
+                        "the folder) and run the command again")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -95,6 +96,11 @@ def save_checkpoint(final: Path, tensors: dict[str, dict[str, torch.Tensor]], st
         fsync_dir(root)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:  # a full disk, a quota, a read-only or vanished folder: the last checkpoint is intact
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DdpmkitError(f"cannot write checkpoint {final} ({exc.strerror or exc}); nothing was replaced and the "
+                           "previous checkpoints are intact: free some space (or fix the folder) and continue with "
+                           "--resume") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -115,6 +121,40 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 TRAINING_FILES = ("model", "ema", "optimizer", "rng")
+
+
+def weights_error(exc: RuntimeError, where: str | Path) -> DdpmkitError | None:
+    """``load_state_dict``'s page-long error (one line per tensor) as one line: the first missing, unexpected or
+    differently shaped tensor and how many more differ. None when ``exc`` is not such an error."""
+    text = str(exc)
+    if not text.startswith("Error(s) in loading state_dict"):
+        return None
+    problems = []
+    for line in text.splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("size mismatch for"):
+            name = line[len("size mismatch for "):].split(":", 1)[0]
+            shapes = re.findall(r"torch\.Size\((\[[^\]]*\])\)", line)
+            problems.append(f"{name} is {shapes[0]} there but {shapes[1]} in the model" if len(shapes) == 2
+                            else f"{name} has another shape")
+        for kind, said in (("Missing key(s)", "is missing"), ("Unexpected key(s)", "is not in the model")):
+            if line.startswith(kind):
+                problems += [f"{name} {said}" for name in re.findall(r'"([^"]+)"', line)]
+    first = problems[0] if problems else " ".join(text.splitlines()[1:2]).strip() or "they differ"
+    more = f", and {len(problems) - 1} more tensors differ" if len(problems) > 1 else ""
+    return DdpmkitError(f"the weights in {where} do not fit the model its state.json describes ({first}{more}); "
+                        "they come from another model (another size?): use a checkpoint of this run")
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str | Path) -> None:
+    """``model.load_state_dict(tensors)``, with a mismatch as one line (:func:`weights_error`)."""
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        error = weights_error(exc, where)
+        if error is None:
+            raise
+        raise error from None
 
 
 def load_checkpoint(path: Path, names: tuple[str, ...] | None = None,

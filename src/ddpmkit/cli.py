@@ -7,11 +7,12 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli_args import EXIT_USER_ERROR, OneLineParser, add_training_flags, flag_assignments
-from .errors import DdpmkitError
+from .cli_args import EXIT_USER_ERROR, OneLineParser, add_training_flags, flag_assignments, out_folder, report_error
+from .errors import DdpmkitError, DdpmkitWarning
 from .malloc import keep_freed_memory
 from .sampling import SAMPLER_REGISTRY, SAMPLERS, SPACINGS
 
@@ -25,7 +26,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a diffusion model. With no arguments: the mnist preset into runs/mnist.")
     p.add_argument("--preset", default="mnist", help="preset name or YAML file (see `ddpmkit presets`)")
     p.add_argument("--data", help="mnist, fashion-mnist, pokemon, emoji, digits, folder:PATH or cifar10:PATH")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<preset>)")
+    p.add_argument("--out", type=out_folder, help="run folder (default runs/<preset>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue the newest checkpoint of the run folder, or the run/checkpoint at PATH")
     add_training_flags(p)
@@ -149,19 +150,35 @@ def describe_device(device: torch.device) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .atomic import check_writable
+    from .cli_args import check_resume_changes, distributed_options, launch_processes, print_notes
     from .run import RunFolder
     from .training import Trainer
+    from .training.distributed import parallel_errors, teardown
     from .training.plots import format_summary
 
     config, run_dir, resume_path = resolve_train_config(args)
     check_writable(run_dir, "dir", "--out")
-    trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
+    notes = check_resume_changes(args, config, resume_path) if resume_path else []
+    launched = launch_processes(args, args.argv, config.train.device, config.train.batch_size, run_dir)
+    if launched is not None:  # --nproc N: this process was torchrun's agent for N processes of this command
+        return launched
+    with parallel_errors():  # another process dying under torchrun: one line
+        trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress,
+                          distributed=distributed_options(args))
+        if trainer.parallel.rank > 0:  # rank 0 speaks for a distributed run
+            trainer.fit()
+            teardown()
+            return 0
+    print_notes(notes)
     where = f"resuming {resume_path} at step {trainer.step}" if resume_path else "new run"
-    print(f"ddpmkit train: {config.data.name} on {describe_device(trainer.device)} ({trainer.precision}), "
+    print(f"ddpmkit train: {config.data.name} on {describe_device(trainer.device)} ({trainer.precision})"
+          f"{trainer.parallel.describe_batch(config.train.batch_size)}, "
           f"{trainer.total_steps} steps, UNet {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M "
           f"params -> {run_dir} ({where})", flush=True)
     start = time.perf_counter()
-    result = trainer.fit()
+    with parallel_errors():
+        result = trainer.fit()
+        teardown()
     print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; {format_summary(result.summary)}")
     if trainer.stopped_by_time:
         print(f"stopped after --max-minutes {config.train.max_minutes:g} at step {result.step} of "
@@ -179,7 +196,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
     from .request import SampleRequest
     from .run import RunFolder
-    from .viz import make_grid, save_gif, save_grid, to_uint8
+    from .viz import image_format, make_grid, save_gif, save_grid, to_uint8
 
     # every check before any work: arguments, output paths, the request against the run, then the weights
     labels = None
@@ -199,6 +216,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.gif and args.num > args.batch_size:
         raise DdpmkitError("--gif records one batch: use --num no larger than --batch-size")
     check_writable(args.out, "file", "--out")
+    image_format(args.out, "--out")  # the grid is written in the format its extension names
     if args.gif:
         check_writable(args.out.with_suffix(".gif"), "file", "--out")
     if args.individual:
@@ -271,11 +289,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     args = None if command in DELEGATED else build_parser().parse_args(argv)
+    if args is not None:
+        args.argv = argv  # what --nproc runs in each process
     if command in ("train", "sample", "eval", "demo"):
         keep_freed_memory()  # glibc: reuse freed activations instead of page-faulting them in every step
         # CUDA: grow the caching allocator's segments in place instead of carving fixed blocks, so sampling after
         # training (other shapes) reuses the memory rather than fragmenting it; a user's own setting wins
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    with warnings.catch_warnings():  # ddpmkit's own warnings as one line, like its errors; others as they were
+        shown = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+            if not issubclass(category, DdpmkitWarning):
+                return shown(message, category, filename, lineno, file, line)
+            print(f"ddpmkit: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+        warnings.showwarning = one_line
+        return _run(command, args, argv)
+
+
+def _run(command: str | None, args: argparse.Namespace | None, argv: list[str]) -> int:
     try:
         if command in DELEGATED:
             return _delegate(command, argv[1:])
@@ -285,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sample(args)
         return cmd_presets(args)
     except DdpmkitError as exc:
-        print(f"ddpmkit: error: {exc}", file=sys.stderr)
+        if report_error(exc):  # in a distributed run: rank 0, or the rank that failed on its own
+            print(f"ddpmkit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("ddpmkit: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        if not os.environ.get("DDPMKIT_LAUNCHED"):  # under --nproc the launcher says it, once
+            print("ddpmkit: interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
         return 130
 
 

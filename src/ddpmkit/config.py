@@ -121,8 +121,11 @@ class RunConfig:
     def load(cls, path: Path) -> RunConfig:
         try:
             spec = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise DdpmkitError(f"cannot read config {path}: {exc}") from exc
+        except OSError as exc:
+            raise DdpmkitError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise DdpmkitError(f"{path} is not valid YAML ({yaml_problem(exc)}); fix the file, or use the "
+                               "run's checkpoint or a preset") from None
         if not isinstance(spec, dict):
             raise DdpmkitError(f"{path} is not a ddpmkit config (expected a mapping)")
         return cls.from_dict(spec, where=str(path))
@@ -145,6 +148,15 @@ class RunConfig:
                 parts = ["model", "overrides", *parts[1:]]
             _assign_path(self, parts, value, key.strip())
         return self
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parser error in a few words, with where it is: ``line 3, column 11: mapping values are not allowed
+    here`` (the parser's own message spans several lines of context)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{' '.join(str(problem).split())}"
 
 
 def _plain(value: Any) -> Any:
@@ -231,6 +243,8 @@ def _coerce(value: Any, annotation: Any, shown: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise DdpmkitError(f"{shown} expects a list such as [1,2], got {value!r}")
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        if origin is tuple and Ellipsis not in typing.get_args(annotation) and len(args) != len(value):
+            raise DdpmkitError(f"{shown} expects a list of {len(args)} values, got {len(value)}: {list(value)!r}")
         return tuple(_coerce(v, args[0] if len(args) == 1 or Ellipsis in typing.get_args(annotation)
                              else args[i], shown) for i, v in enumerate(value))
     if origin is dict or annotation is dict:

@@ -3,3 +3,8 @@
 
 class DdpmkitError(Exception):
     """A problem with the user's input, stated with its fix. Printed as one line by the CLI."""
+
+
+class DdpmkitWarning(UserWarning):
+    """Something the user should know that does not stop the command (e.g. skipped files). Printed as one line
+    (``ddpmkit: warning: ...``) by the CLI."""

@@ -6,20 +6,33 @@ The cache lives in ``~/.cache/ddpmkit`` unless ``DDPMKIT_CACHE`` names another f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import DdpmkitError
 
 
 def cache_dir() -> Path:
-    """The cache root: ``$DDPMKIT_CACHE`` or ``~/.cache/ddpmkit`` (created if missing)."""
-    root = Path(os.environ.get("DDPMKIT_CACHE") or Path.home() / ".cache" / "ddpmkit")
-    root.mkdir(parents=True, exist_ok=True)
+    """The cache root: ``$DDPMKIT_CACHE`` or ``~/.cache/ddpmkit`` (created if missing); a path that cannot be a
+    writable folder is a one-line error."""
+    setting = os.environ.get("DDPMKIT_CACHE")
+    root = Path(setting or Path.home() / ".cache" / "ddpmkit")
+    where = f"DDPMKIT_CACHE={setting}" if setting else f"the cache folder {root} (under HOME)"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise DdpmkitError(f"{where} cannot be used ({reason}); set DDPMKIT_CACHE to a writable folder") from None
+    if not writable:
+        raise DdpmkitError(f"{where} cannot be used (it is not writable); set DDPMKIT_CACHE to a writable folder")
     return root
 
 
@@ -40,6 +53,38 @@ def verify_sha256(path: Path, expected: str) -> Path:
             f"delete the file and fetch again (or check that the registry package is the pinned version)"
         )
     return path
+
+
+# ----- files the cache makes itself (converted data sets, reference statistics): a hash recorded beside each ----------
+
+def hash_record(path: Path) -> Path:
+    """The JSON beside a cached file that records its sha256: ``NAME.sha256.json``."""
+    return Path(path).with_name(Path(path).name + ".sha256.json")
+
+
+def record_sha256(path: Path) -> str:
+    """Hash a cached file that was just written and record it beside it (atomically)."""
+    digest = sha256_file(path)
+    atomic_write_text(hash_record(path), json.dumps({"file": Path(path).name, "sha256": digest}) + "\n")
+    return digest
+
+
+def check_recorded_sha256(path: Path, fix: str) -> None:
+    """Refuse, in one line ending with ``fix``, a cached file whose bytes differ from the sha256 recorded when it
+    was written. A file from before records were kept gets its record now."""
+    record = hash_record(path)
+    try:
+        expected = json.loads(record.read_text())["sha256"]
+    except FileNotFoundError:
+        with contextlib.suppress(DdpmkitError):  # a read-only cache: it is checked once it can record
+            record_sha256(path)
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DdpmkitError(f"{record} is unreadable ({exc}); delete {path} and {record.name}, then {fix}") from None
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DdpmkitError(f"{path} does not match the sha256 recorded when it was written (sha256:{expected[:12]}, "
+                           f"now sha256:{actual[:12]}): the file changed on disk; delete it and {fix}")
 
 
 def _run(cmd: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ math; it never imports training. What to generate is a :class:`~ddpmkit.request.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_weights, tensor_file
 from .device import autocast_dtype, randn, select_device
 from .diffusion import Diffusion
 from .errors import DdpmkitError
@@ -51,6 +52,8 @@ class Pipeline:
         ``lora`` is an adapter folder (``ddpmkit lora --out DIR``) made for this base (checked by fingerprint),
         applied at strength ``lora_scale``: W + s·(α/r)·B·A. A LoRA run's own checkpoint loads with its adapters.
         """
+        if not _finite(lora_scale):
+            raise DdpmkitError(f"--lora-scale must be a finite number (0 the base, 1 as trained), got {lora_scale}")
         run, folder = RunFolder.locate(path)
         info = run.info(folder)
         tensors, _ = load_checkpoint(folder, names=(weights,))
@@ -62,11 +65,7 @@ class Pipeline:
             from .lora import inject
 
             inject(model, info.lora["rank"], info.lora["alpha"], info.lora["targets"])
-        try:
-            model.load_state_dict(tensors[weights])
-        except RuntimeError as exc:
-            raise DdpmkitError(f"weights in {folder} do not fit the model its state.json describes: "
-                               f"{str(exc).splitlines()[0]}") from exc
+        load_weights(model, tensors[weights], tensor_file(folder, weights))  # a mismatch: one line, not a page
         if lora is not None:
             from .lora import apply_adapter
 
@@ -145,3 +144,10 @@ class Pipeline:
         bar.close()
         result = torch.cat(outputs).clamp(-1, 1)
         return result if return_tensor else to_uint8(result)
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False

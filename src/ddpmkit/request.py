@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,7 @@ class SampleRequest:
         for name, value in (self.conditions or {}).items():
             if len(value) != self.num:
                 raise DdpmkitError(f"condition {name!r} has {len(value)} rows for {self.num} images")
+        _check_memory(self.num, info)
         clip = info.diffusion.clip_denoised if self.clip_denoised is None else bool(self.clip_denoised)
         return dataclasses.replace(self, sampler=settings.sampler, steps=settings.steps, spacing=settings.spacing,
                                    eta=settings.eta, labels=labels, guidance=guidance, clip_denoised=clip,
@@ -131,6 +133,41 @@ class SampleRequest:
     def _require_resolved(self) -> None:
         if not self.resolved:
             raise ValueError("resolve the request against a run first: request.resolve(run_info)")
+
+
+# Bytes per pixel value that generating holds for every image at once: the initial noise (drawn up front, so that
+# images do not depend on the batch size), the batches' samples, their concatenation and its clamped copy (float32
+# each), and the uint8 result.
+BYTES_PER_VALUE = 17
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_memory(num: int, info: RunInfo) -> None:
+    """Refuse a request whose images (and their noise) alone would not fit in this machine's memory."""
+    unet = info.unet
+    need = num * unet.in_channels * unet.image_size ** 2 * BYTES_PER_VALUE
+    have = physical_memory()
+    if have is not None and need > have:
+        raise DdpmkitError(f"--num {num} would hold {_size(need)} of noise and images in memory at once ({num} images "
+                           f"of {unet.in_channels}×{unet.image_size}×{unet.image_size}), more than this machine has; "
+                           "ask for fewer, in several commands with different --seed")
+
+
+def _size(count: float) -> str:
+    """1234567 -> "1.2 MB"."""
+    unit = "bytes"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            break
+        count /= 1000
+    return f"{count:.0f} bytes" if unit == "bytes" else f"{count:.1f} {unit}"
 
 
 def _is_int(value: object) -> bool:

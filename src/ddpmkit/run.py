@@ -11,6 +11,12 @@ Layout (the only place it is spelled out; train, sample, eval and ``Pipeline`` a
       loss_curve.png, loss_by_timestep.png, summary.json
       eval/                        ``ddpmkit eval`` reports (sweep.md, sweep.json, sweep.png)
 
+A run folder has one writer at a time (``train``, ``lora``, ``lora merge``): :meth:`RunFolder.acquire_writer`
+takes an advisory lock on ``RUN/.lock`` that names the writing process, and a second writer is refused in one line.
+The kernel drops the lock when its process ends, however it ends, so a killed run never blocks the next one. A new
+run is written only into a new or empty folder, or one that holds nothing but a run's own files
+(:data:`RUN_ENTRIES`).
+
 A run is addressed by its folder, its ``checkpoints/`` folder or one checkpoint folder: :meth:`RunFolder.locate`
 turns any of them into (run folder, checkpoint). A lone checkpoint copied out of its run is a run of its own
 whose config is the copy in its state.json.
@@ -22,8 +28,12 @@ fields of state.json and the only code that reads them.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +47,21 @@ from .errors import DdpmkitError
 from .models import UNetConfig
 from .version import __version__
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; run folders are then not guarded against a second writer
+    fcntl = None
+
 CHECKPOINT_DIR = "checkpoints"
 STEP_PATTERN = re.compile(r"^step_(\d+)$")
+LOCK_FILE = ".lock"
+# Everything a run folder may hold (train, lora, lora merge, eval write these): a new run goes only where nothing else
+# is, so that it never mixes with, or overwrites, a user's own files
+RUN_ENTRIES = frozenset({"config.yaml", CHECKPOINT_DIR, "samples", "eval", "tb", "metrics.jsonl", "metrics.csv",
+                         "loss_curve.png", "loss_by_timestep.png", "summary.json", "adapter.json",
+                         "adapter.safetensors", LOCK_FILE})
+ATOMIC_TMP = re.compile(r"^\..+\.tmp$")                # what an interrupted atomic_file write leaves
+OLD_COPY = re.compile(r"^\.old-(step_\d+)-\d+$")       # a re-saved step's previous copy, while the new one moves in
 
 
 def sweep_files(out_dir: Path) -> dict[str, Path]:
@@ -63,6 +86,46 @@ def checkpoint_step(path: Path) -> int:
 def is_checkpoint(path: Path) -> bool:
     """A folder holding a checkpoint's state.json."""
     return (Path(path) / "state.json").is_file()
+
+
+def describe_process() -> str:
+    """This process as its user started it, in a word or two: ``ddpmkit train``, ``pytest``, ``train.py``."""
+    argv = sys.argv or ["python"]
+    first = Path(argv[0])
+    name = first.parent.name if first.name == "__main__.py" else first.name  # python -m ddpmkit ...
+    words = [name or "python", *[a for a in argv[1:2] if re.fullmatch(r"[A-Za-z][\w-]*", a)]]
+    return " ".join(words)
+
+
+class WriterLock:
+    """The right to write one run folder, held by one process: an exclusive ``flock`` on ``RUN/.lock`` (which
+    holds the writer's pid and command, for the message a second writer gets). :meth:`release` (or leaving a
+    ``with`` block) gives it up; the kernel also drops it when the process ends, even by SIGKILL, so a stale
+    ``.lock`` file never blocks anyone."""
+
+    def __init__(self, run: RunFolder, handle):
+        self.run, self._handle = run, handle
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def release(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            handle.close()  # closing the file drops the flock
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _busy(path: Path, holder: bytes) -> str:
+    pid, _, command = holder.decode("utf-8", "replace").strip().partition(" ")
+    who = f"process {pid} ({command})" if pid.isdigit() and command else "another process"
+    return f"{path} is being written by {who}; wait for it or pass another --out"
 
 
 @dataclass(frozen=True)
@@ -126,6 +189,98 @@ class RunFolder:
     def latest_grid(self) -> Path:
         return self.samples_dir / "latest.png"
 
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    # ----- the one writer -----------------------------------------------------------------------------------
+
+    def writer(self) -> str | None:
+        """A one-line error message naming the process writing this run now, or None; creates nothing."""
+        if fcntl is None or not self.lock_file.is_file():
+            return None
+        try:
+            handle = open(self.lock_file, "rb")  # noqa: SIM115 (closed below; the flock lives as long as it)
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # dropped when the file closes
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    return _busy(self.path, handle.read())
+        return None
+
+    def check_no_writer(self) -> None:
+        """Refuse, in one line naming it, when another process is writing this run (nothing is created)."""
+        message = self.writer()
+        if message:
+            raise DdpmkitError(message)
+
+    def acquire_writer(self, wait: float = 0.5) -> WriterLock:
+        """Become the run's one writer (the folder and its .lock are created), or a one-line error naming the
+        process that is. ``wait`` seconds of retries cover a reader's momentary :meth:`writer` probe."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_file, "a+b")  # noqa: SIM115 (the lock lives as long as the file is open)
+        if fcntl is None:
+            return WriterLock(self, handle)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # a file system without locks
+                    return WriterLock(self, handle)
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) or time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read()
+                    handle.close()
+                    raise DdpmkitError(_busy(self.path, holder)) from None
+                time.sleep(0.05)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {describe_process()}\n".encode())
+        handle.flush()
+        return WriterLock(self, handle)
+
+    def foreign_entries(self) -> list[str]:
+        """The folder's entries that no ddpmkit run writes, sorted ([] for a new, empty or run folder)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in RUN_ENTRIES and not ATOMIC_TMP.match(p.name))
+
+    def check_new_run_folder(self, flag: str = "--out") -> None:
+        """Refuse a folder holding the user's own files: a run written there would mix with them."""
+        foreign = self.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise DdpmkitError(f"{flag} {self.path} holds files that are not part of a ddpmkit run ({shown}); "
+                               "pass a new or empty folder")
+
+    def clean_interrupted_saves(self) -> list[str]:
+        """Remove what interrupted saves left behind (call as the run's writer only): ``checkpoints/.tmp-*`` folders
+        (incomplete checkpoints), ``.NAME.*.tmp`` files (incomplete atomic writes) and the previous copy of a
+        re-saved step (``.old-step_*``) once the new copy is in place; an ``.old-step_*`` copy whose step is missing
+        is the only copy of that checkpoint and stays. Returns what was removed, relative to the run folder."""
+        removed = []
+        for folder in (self.path, self.samples_dir, self.checkpoints_dir):
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                in_checkpoints = folder == self.checkpoints_dir
+                old = OLD_COPY.match(entry.name) if in_checkpoints else None
+                stale = ((old and (folder / old.group(1)).exists()) or ATOMIC_TMP.match(entry.name)
+                         or (in_checkpoints and entry.name.startswith(".tmp-")))
+                if not stale:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(str(entry.relative_to(self.path)))
+        return removed
 
     # ----- checkpoints ------------------------------------------------------------------------------------
 

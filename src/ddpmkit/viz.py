@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from .atomic import atomic_file
+from .errors import DdpmkitError
 
 
 def to_uint8(x: Tensor | np.ndarray) -> np.ndarray:
@@ -112,10 +113,26 @@ def _label_rows(grid: Image.Image, labels: Sequence[str], row_height: int) -> Im
     return out
 
 
+# Picture formats a grid may be written in, by extension (Pillow writes each without extra dependencies)
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
+                 ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM"}
+
+
+def image_format(path: str | Path, flag: str = "--out") -> str:
+    """The Pillow format of a picture file by its extension; another extension is a one-line error."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        shown = f"extension {suffix!r}" if suffix else "no extension"
+        raise DdpmkitError(f"{flag} {path} has {shown}, not a picture format; name the file .png (or "
+                           f"{', '.join(s for s in IMAGE_FORMATS if s != '.png')})")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_grid(images: np.ndarray | Tensor, path: str | Path, nrow: int | None = None,
               scale: int | None = None, row_labels: Sequence[str] | None = None) -> Path:
-    """Write a grid PNG atomically (see :func:`grid_image`)."""
-    return _save_atomic(grid_image(images, nrow=nrow, scale=scale, row_labels=row_labels), path, format="PNG")
+    """Write a grid atomically (see :func:`grid_image`) in the format its extension names (.png, .jpg, ...)."""
+    return _save_atomic(grid_image(images, nrow=nrow, scale=scale, row_labels=row_labels), path,
+                        format=image_format(path, "the grid"))
 
 
 def save_gif(frames: list[np.ndarray], path: str | Path, duration_ms: int = 80,

@@ -46,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             import numpy as np
 
             from ..atomic import check_writable
-            from ..viz import save_grid
+            from ..viz import image_format, save_grid
 
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.name.split("/")[-1])
             out = check_writable(args.out or Path(f"data_{safe}.png"), "file", "--out")
+            image_format(out, "--out")
             if args.num < 1:
                 raise DdpmkitError(f"--num must be at least 1, got {args.num}")
             data = load_dataset(args.name, split=args.split, image_size=args.image_size)

@@ -9,11 +9,13 @@ Rules (documented in the README as well):
   grayscale the set keeps 1 channel.
 - Shape: non-square images are center-cropped to their shorter side. Without ``image_size`` the set takes
   the most common (cropped) side, ties going to the smallest, and resizes the others to it.
-- Unreadable files are skipped and listed in one warning; if none is readable -> DdpmkitError.
+- Unreadable files (corrupt, truncated, or above Pillow's pixel limit for untrusted images) are skipped and listed in
+  one warning; if none is readable -> DdpmkitError naming why the first one is not.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DdpmkitError
+from ..errors import DdpmkitError, DdpmkitWarning
 from .image_array import (
     GRAY_MODES,
     ImageArray,
@@ -37,6 +39,24 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 _BAD = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def _why(exc: Exception) -> str:
+    """Why a file cannot be read, in a few words."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels, " if found else ""
+        return (f"{pixels}above the {Image.MAX_IMAGE_PIXELS or 0:,} pixels Pillow opens from an untrusted file: "
+                "shrink it or move it out of the folder")
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _unreadable(root: Path, total: int, bad: list[tuple[str, str]]) -> DdpmkitError:
+    name, why = bad[0]
+    more = f" ({len(bad) - 1} more alike)" if len(bad) > 1 else ""
+    return DdpmkitError(f"none of the {total} image files under {root} is readable: {name}: {why}{more}")
+
+
 def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
@@ -47,7 +67,7 @@ def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
         return top, [0] * len(top), []
     if top:
         warnings.warn(f"{root}: {len(top)} image(s) directly in the folder are skipped because its "
-                      f"sub-folders are classes (e.g. {top[0].name})", stacklevel=3)
+                      f"sub-folders are classes (e.g. {top[0].name})", DdpmkitWarning, stacklevel=3)
     class_names = sorted({p.relative_to(root).parts[0] for p in nested})
     return nested, [class_names.index(p.relative_to(root).parts[0]) for p in nested], class_names
 
@@ -62,17 +82,18 @@ def load_folder(path: str | Path, image_size: int | None = None, progress: bool 
     files, labels, class_names = _scan(root)
 
     # Pass 1: headers only (cheap) -> modes and sizes, and files that are not images at all.
-    bad: list[str] = []
+    bad: list[tuple[str, str]] = []  # (file, why)
     headers: list[tuple[Path, int, str, int]] = []
     for file, label in zip(files, labels):
         try:
-            with Image.open(file) as img:
-                headers.append((file, label, img.mode, min(img.size)))
-        except _BAD:
-            bad.append(str(file.relative_to(root)))
+            with warnings.catch_warnings():  # Pillow warns above MAX_IMAGE_PIXELS, refuses above twice that
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as img:
+                    headers.append((file, label, img.mode, min(img.size)))
+        except (Image.DecompressionBombWarning, *_BAD) as exc:
+            bad.append((str(file.relative_to(root)), _why(exc)))
     if not headers:
-        raise DdpmkitError(f"none of the {len(files)} image files under {root} is readable "
-                           f"(e.g. {bad[0]})")
+        raise _unreadable(root, len(files), bad)
     keep_gray = all(mode in GRAY_MODES for _, _, mode, _ in headers)
     if image_size is None:
         counts = Counter(side for *_, side in headers)
@@ -85,14 +106,14 @@ def load_folder(path: str | Path, image_size: int | None = None, progress: bool 
             with Image.open(file) as img:
                 img.load()
                 square = center_crop_square(to_rgb_or_gray(img, keep_gray))
-        except _BAD:
-            bad.append(str(file.relative_to(root)))
+        except _BAD as exc:
+            bad.append((str(file.relative_to(root)), _why(exc)))
             continue
         images.append(pil_to_array(resize_square(square, image_size)))
         kept.append(label)
-    if bad:
-        warnings.warn(f"{root}: skipped {len(bad)} unreadable image file(s): {', '.join(sorted(bad))}",
-                      stacklevel=2)
     if not images:
-        raise DdpmkitError(f"none of the {len(files)} image files under {root} is readable (e.g. {bad[0]})")
+        raise _unreadable(root, len(files), bad)
+    if bad:
+        warnings.warn(f"{root}: skipped {len(bad)} unreadable image file(s): "
+                      f"{', '.join(f'{name} ({why})' for name, why in sorted(bad))}", DdpmkitWarning, stacklevel=2)
     return ImageArray(np.stack(images), np.array(kept, dtype=np.int64), class_names, f"folder:{root}")

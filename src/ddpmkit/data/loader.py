@@ -6,6 +6,11 @@ restored from ``state_dict()`` taken mid-epoch yields exactly the batches an uni
 Pixels map to [-1, 1] as x / 127.5 - 1 (uint8 0 -> -1, 255 -> 1: ``TO_MODEL_RANGE``). Each batch comes with the
 model's keyword arguments for its images: ``{}`` for an unconditional model, ``{"labels": …}`` for a
 class-conditional one (``model_kwargs=data.label_kwargs``), so the training loop passes them on unread.
+
+A data-parallel run (``rank``, ``world_size``) keeps ``batch_size`` as the *global* batch: every process computes
+the same global batch (and its flips) and keeps its own contiguous block of ``batch_size / world_size`` rows, rank 0
+the first. So the union of the shards, in rank order, is exactly the single-process batch, and the state (epoch,
+position) counts global batches: a checkpoint from any number of processes resumes in any other.
 """
 
 from __future__ import annotations
@@ -42,9 +47,16 @@ class BatchLoader:
 
     def __init__(self, data: ImageArray, batch_size: int, *, shuffle: bool = True, hflip: bool = False,
                  seed: int = 0, drop_last: bool = True,
-                 model_kwargs: Callable[[np.ndarray], dict[str, Tensor]] | None = None) -> None:
+                 model_kwargs: Callable[[np.ndarray], dict[str, Tensor]] | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise DdpmkitError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of {world_size} processes")
+        if world_size > 1 and (batch_size % world_size or not drop_last):
+            raise DdpmkitError(f"the batch of {batch_size} does not split evenly across {world_size} processes; "
+                               f"use a multiple of {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.data = data
         self.batch_size = int(batch_size)
         self.shuffle, self.hflip, self.drop_last = shuffle, hflip, drop_last
@@ -73,13 +85,21 @@ class BatchLoader:
         return torch.randperm(n, generator=gen)
 
     def batch(self, epoch: int, index: int, order: Tensor | None = None) -> Batch:
-        """Batch ``index`` of ``epoch``, computed from scratch (pure function of seed, epoch, index)."""
+        """Batch ``index`` of ``epoch``, computed from scratch (pure function of seed, epoch, index); in a
+        data-parallel run this process's block of it."""
         order = self.order(epoch) if order is None else order
         idx = order[index * self.batch_size:(index + 1) * self.batch_size].numpy()
-        pixels = self._images[idx]  # a fresh copy: safe to flip in place
-        if self.hflip:
+        flip = None
+        if self.hflip:  # drawn for the whole batch, so a row's flip does not depend on the process count
             gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch, index, "flip"))
             flip = (torch.rand(len(idx), generator=gen) < 0.5).numpy()
+        if self.world_size > 1:
+            share = len(idx) // self.world_size
+            keep = slice(self.rank * share, (self.rank + 1) * share)
+            idx = idx[keep]
+            flip = flip[keep] if flip is not None else None
+        pixels = self._images[idx]  # a fresh copy: safe to flip in place
+        if flip is not None:
             pixels[flip] = pixels[flip, ..., ::-1]
         kwargs = self.model_kwargs(idx) if self.model_kwargs is not None else {}
         return torch.from_numpy(TO_MODEL_RANGE[pixels]), kwargs

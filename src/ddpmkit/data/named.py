@@ -7,6 +7,7 @@ with ``allow_pickle=False`` (and caches resized copies as ``<name>-<size>px.npz`
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,11 +132,15 @@ def save_npz(dest: Path, data: dict) -> Path:
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = data[split]
     with atomic_file(dest) as handle:
         np.savez(handle, **arrays)
+    registry.record_sha256(dest)
     return dest
 
 
 def read_npz(path: Path) -> dict:
-    """Inverse of ``save_npz`` (no pickles: allow_pickle=False)."""
+    """Inverse of ``save_npz`` (no pickles: allow_pickle=False), after checking the file against the sha256
+    recorded when it was written."""
+    name = re.sub(r"-\d+px$", "", Path(path).stem)  # a resized copy is made again from the native set
+    registry.check_recorded_sha256(Path(path), f"fetch again (ddpmkit data fetch {name})")
     try:
         with np.load(path, allow_pickle=False) as npz:
             out = {"class_names": [str(c) for c in npz["class_names"]]}

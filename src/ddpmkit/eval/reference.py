@@ -19,7 +19,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import DdpmkitError
-from ..fetch import cache_dir
+from ..fetch import cache_dir, check_recorded_sha256, record_sha256
 from .features import FeatureExtractor
 from .fid import frechet_distance, gaussian_stats
 from .kid import KIDResult, kid
@@ -121,7 +121,8 @@ def reference_stats(
     ``loader(spec, split=..., image_size=...)`` defaults to ``ddpmkit.data.load_dataset``.
     """
     path = reference_path(spec, split, extractor, num, image_size)
-    if path.is_file():
+    if path.is_file():  # checked against the sha256 recorded when it was cached
+        check_recorded_sha256(path, "run the command again (the statistics are computed again)")
         stats = ReferenceStats.load(path)
         if (stats.extractor, stats.resize) == (extractor.id, extractor.resize):
             return stats
@@ -133,6 +134,7 @@ def reference_stats(
         raise DdpmkitError(f"{spec}:{split} has {len(images)} images, fewer than the {num} requested")
     stats = stats_for_images(images, extractor, source=f"{spec}:{split}", progress=progress)
     stats.save(path)
+    record_sha256(path)
     return stats
 
 

@@ -387,6 +387,8 @@ def import_unet2d(path: str | Path, out: str | Path, data: str | None = None) ->
     run = RunFolder(Path(out))
     if run.has_checkpoints():
         raise DdpmkitError(f"{run.path} already holds a run; pass another --out")
+    run.check_new_run_folder()
+    run.check_no_writer()
     config, state, diffusion = read_unet2d(path)
     unet = unet_config_from(config)
     weights = from_diffusers_state_dict(state, unet)
@@ -404,6 +406,9 @@ def import_unet2d(path: str | Path, out: str | Path, data: str | None = None) ->
                       "zero_terminal_snr": schedule.zero_terminal_snr, "clip_denoised": diffusion.clip_denoised},
         "train": {"steps": 1, "sample_sampler": "ddim", "sample_steps": 50}}, where=f"{path}")
     info = RunInfo(unet, diffusion, step=0, config=run_config, data_name=data)
-    checkpoint = save_checkpoint(run.checkpoint_dir(0), {"ema": weights, "model": weights}, info.to_state())
-    run_config.save(run.config_file)
+    with run.acquire_writer():  # the run's one writer while it is written
+        if run.has_checkpoints():  # another command got there first
+            raise DdpmkitError(f"{run.path} already holds a run; pass another --out")
+        checkpoint = save_checkpoint(run.checkpoint_dir(0), {"ema": weights, "model": weights}, info.to_state())
+        run_config.save(run.config_file)
     return checkpoint

@@ -12,7 +12,7 @@ from ..errors import DdpmkitError
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from ..cli_args import OneLineParser, add_training_flags
+    from ..cli_args import OneLineParser, add_training_flags, out_folder
 
     p = OneLineParser(prog="ddpmkit lora",
                       description="Fine-tune a trained run with low-rank adapters W + (α/r)·B·A on a frozen base, "
@@ -20,7 +20,7 @@ def _train_parser() -> argparse.ArgumentParser:
                                   "becomes a run folder holding adapter.safetensors and adapter.json. "
                                   "`ddpmkit lora merge RUN DIR --out NEW_RUN` merges an adapter into a new run.")
     p.add_argument("run", type=Path, help="the base: a run folder (its newest checkpoint) or a checkpoint folder")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the LoRA run folder (and adapter)")
+    p.add_argument("--out", type=out_folder, required=True, metavar="DIR", help="the LoRA run folder (and adapter)")
     p.add_argument("--data", help="data to adapt to (default: the base's), e.g. fashion-mnist or folder:PATH")
     p.add_argument("--rank", type=int, help="r (default 8)")
     p.add_argument("--alpha", type=float, help="α (default: the rank, so α/r = 1)")
@@ -31,13 +31,13 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def _merge_parser() -> argparse.ArgumentParser:
-    from ..cli_args import OneLineParser
+    from ..cli_args import OneLineParser, out_folder
 
     p = OneLineParser(prog="ddpmkit lora merge",
                       description="Merge an adapter into its base: a standalone run folder for sample, eval, demo.")
     p.add_argument("run", type=Path, help="the base the adapter was trained on")
     p.add_argument("adapter", type=Path, metavar="DIR", help="the adapter folder (ddpmkit lora --out DIR)")
-    p.add_argument("--out", type=Path, required=True, metavar="NEW_RUN", help="the merged run folder")
+    p.add_argument("--out", type=out_folder, required=True, metavar="NEW_RUN", help="the merged run folder")
     p.add_argument("--scale", type=float, default=1.0, help="strength s merged in (default 1)")
     return p
 
@@ -78,13 +78,26 @@ def resolve_lora_config(args: argparse.Namespace):
 def cmd_lora(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
     from ..checkpoint import tensor_file
+    from ..cli_args import check_resume_changes, distributed_options, launch_processes, print_notes
     from ..training import Trainer
+    from ..training.distributed import parallel_errors, teardown
     from ..training.plots import format_summary
     from .adapter import ADAPTER_WEIGHTS, short
 
     config, run_dir, resume_path = resolve_lora_config(args)
     check_writable(run_dir, "dir", "--out")
-    trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress)
+    notes = check_resume_changes(args, config, resume_path) if resume_path else []
+    launched = launch_processes(args, args.argv, config.train.device, config.train.batch_size, run_dir)
+    if launched is not None:  # --nproc N: this process was torchrun's agent for N processes of this command
+        return launched
+    with parallel_errors():  # another process dying under torchrun: one line
+        trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress,
+                          distributed=distributed_options(args))
+        if trainer.parallel.rank > 0:  # rank 0 speaks for a distributed run
+            trainer.fit()
+            teardown()
+            return 0
+    print_notes(notes)
     lora, base = config.lora, trainer.lora
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
@@ -94,7 +107,9 @@ def cmd_lora(args: argparse.Namespace) -> int:
           f"{trainable:,} trainable of {total:,} params, {trainer.total_steps} steps -> {run_dir} ({where})",
           flush=True)
     start = time.perf_counter()
-    result = trainer.fit()
+    with parallel_errors():
+        result = trainer.fit()
+        teardown()
     print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; {format_summary(result.summary)}")
     adapter = run_dir / ADAPTER_WEIGHTS
     base_size = tensor_file(base.checkpoint, "ema").stat().st_size
@@ -120,5 +135,6 @@ def lora_main(argv: list[str]) -> int:
     from ..malloc import keep_freed_memory
 
     args = _train_parser().parse_args(argv)
+    args.argv = ["lora", *argv]  # what --nproc runs in each process
     keep_freed_memory()  # as ddpmkit train does: reuse freed activations instead of page-faulting them in
     return cmd_lora(args)

@@ -7,6 +7,7 @@ The new run folder holds ``config.yaml`` (the base's, with the adapter's data se
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -20,9 +21,17 @@ from .adapter import apply_adapter, merge, short, strip
 
 def merge_run(base: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0) -> Path:
     """Write the merged run into ``out`` (which must hold no checkpoint yet); returns its checkpoint folder."""
+    try:
+        finite = math.isfinite(scale)
+    except TypeError:
+        finite = False
+    if not finite:
+        raise DdpmkitError(f"--scale must be a finite number (0 the base, 1 as trained), got {scale}")
     out_run = RunFolder(Path(out))
     if out_run.has_checkpoints():
         raise DdpmkitError(f"{out_run.path} already holds a run; pass another --out")
+    out_run.check_new_run_folder()
+    out_run.check_no_writer()
     lora_base = LoRABase.load(base)
     model = UNet(lora_base.unet)
     model.load_state_dict(lora_base.weights)
@@ -43,6 +52,10 @@ def merge_run(base: str | Path, adapter: str | Path, out: str | Path, scale: flo
         lora_merged={"base_checkpoint": str(lora_base.checkpoint), "base_fingerprint": short(lora_base.fingerprint),
                      "adapter": os.path.abspath(adapter), "rank": info.rank, "alpha": info.alpha,
                      "targets": info.targets, "scale": scale})
-    checkpoint = save_checkpoint(out_run.checkpoint_dir(step), {"ema": model.state_dict()}, merged.to_state())
-    config.save(out_run.config_file)
+    with out_run.acquire_writer():  # the run's one writer while it is written
+        if out_run.has_checkpoints():  # another merge got there first
+            raise DdpmkitError(f"{out_run.path} already holds a run; pass another --out")
+        out_run.clean_interrupted_saves()
+        checkpoint = save_checkpoint(out_run.checkpoint_dir(step), {"ema": model.state_dict()}, merged.to_state())
+        config.save(out_run.config_file)
     return checkpoint

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from ..config import RunConfig
+from ..config import RunConfig, yaml_problem
 from ..errors import DdpmkitError
 
 if TYPE_CHECKING:
@@ -40,4 +40,8 @@ def load_preset(name: str) -> RunConfig:
     if name not in presets:
         raise DdpmkitError(f"unknown preset '{name}'; choose one of {', '.join(presets)} or pass a YAML file")
     text = (_folder() / f"{name}.yaml").read_text(encoding="utf-8")
-    return RunConfig.from_dict(yaml.safe_load(text), where=f"preset {name}")
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DdpmkitError(f"preset {name} is not valid YAML ({yaml_problem(exc)}); reinstall ddpmkit") from None
+    return RunConfig.from_dict(spec, where=f"preset {name}")

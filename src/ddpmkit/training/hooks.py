@@ -182,12 +182,19 @@ class TimestepLosses:
         self.sums[0].index_add_(0, bucket, per_sample.to(self.sums))
         self.sums[1].index_add_(0, bucket, torch.ones_like(bucket, dtype=self.sums.dtype))
 
-    def means(self) -> dict[str, float]:
-        """{"loss_t0": …, "loss_t100": …} for the buckets that saw a sample; then starts over."""
+    def means(self, reset: bool = True) -> dict[str, float]:
+        """{"loss_t0": …, "loss_t100": …} for the buckets that saw a sample; then starts over (with ``reset``)."""
         sums, counts = self.sums.double().cpu().tolist()  # a copy: the buckets are zeroed below
         width = self.num_steps // self.buckets
-        self.sums.zero_()
+        if reset:
+            self.sums.zero_()
         return {f"loss_t{i * width}": sums[i] / counts[i] for i in range(self.buckets) if counts[i] > 0}
+
+    def state(self) -> list[list[float]]:
+        return self.sums.cpu().tolist()  # exact: float64 (or MPS's float32) values as Python floats
+
+    def load(self, sums: list[list[float]]) -> None:
+        self.sums.copy_(torch.tensor(sums, dtype=self.sums.dtype))
 
 
 class LossParts:
@@ -211,41 +218,77 @@ class LossParts:
         self.sums += torch.stack((simple.sum(), vlb.sum())).to(self.sums)
         self.count += vlb.shape[0]
 
-    def means(self) -> dict[str, float]:
-        """{"loss_simple": …, "loss_vlb": …} since the last call ({} when no term was added); then starts over."""
+    def means(self, reset: bool = True) -> dict[str, float]:
+        """{"loss_simple": …, "loss_vlb": …} since the last reset ({} when no term was added); then starts over
+        (with ``reset``)."""
         if not self.count:
             return {}
         simple, vlb = self.sums.double().cpu().tolist()
         means = {"loss_simple": simple / self.count, "loss_vlb": vlb / self.count}
-        self.sums.zero_()
-        self.count = 0
+        if reset:
+            self.sums.zero_()
+            self.count = 0
         return means
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": self.sums.cpu().tolist(), "count": self.count}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.sums.copy_(torch.tensor(state["sums"], dtype=self.sums.dtype))
+        self.count = int(state["count"])
 
 
 # ----- the hooks -------------------------------------------------------------------------------------------------
 
 class LogMetrics(Hook):
     """A metrics row: mean loss (with a learned variance also its parts ``loss_simple`` and ``loss_vlb``), lr,
-    gradient norm, images/s, epoch, loss per timestep bucket. What it reports it accumulates after every step."""
+    gradient norm, images/s, epoch, loss per timestep bucket. What it reports it accumulates after every step.
+
+    A row at a multiple of ``every`` (or the last step) closes its window of steps. A row where a run stops early
+    (``--max-minutes``, ``fit(until=…)``) reports the window so far and leaves it open; the open window rides in the
+    checkpoint (the builder registers this hook's :meth:`state_dict` with the training state), so after a resume
+    the next row covers the same steps, and reports the same loss, as an uninterrupted run's."""
 
     at_stop = True
     pauses_clock = False
 
+    def __init__(self, every: int | None = None):
+        super().__init__(every)
+        self._owner: Any = None                     # the training state whose steps the window holds
+        self._restored: dict[str, Any] | None = None  # a checkpoint's open window, applied at start
+
     def start(self, ctx: HookContext) -> None:
         d, device = ctx.config.diffusion, ctx.state.device
-        self.by_timestep = TimestepLosses(d.num_steps, device)
-        self.parts = LossParts(d.num_steps, d.vlb_weight, device)
         self.images_per_step = ctx.config.train.batch_size * ctx.config.train.grad_accum
-        self.grad_norm: Tensor | None = None
-        self._restart(ctx)
+        if self._owner is not ctx.state or self._restored is not None:  # a new run, or a resumed one
+            self.by_timestep = TimestepLosses(d.num_steps, device)
+            self.parts = LossParts(d.num_steps, d.vlb_weight, device)
+            self.loss, self.steps = 0.0, 0
+            self.grad_norm: Tensor | None = None
+            if self._restored:
+                self.loss, self.steps = float(self._restored["loss"]), int(self._restored["steps"])
+                self.by_timestep.load(self._restored["by_timestep"])
+                self.parts.load(self._restored["parts"])
+            self._owner, self._restored = ctx.state, None
+        self._restart_clock(ctx)
 
-    def _restart(self, ctx: HookContext) -> None:
-        self.loss, self.steps = 0.0, 0
-        self.began, self.paused = time.perf_counter(), ctx.hook_seconds
+    def _restart_clock(self, ctx: HookContext) -> None:
+        self.timed_steps, self.began, self.paused = 0, time.perf_counter(), ctx.hook_seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open window (JSON values only): loss sum and steps, the timestep buckets, the loss parts."""
+        if self._owner is None:
+            return dict(self._restored or {})
+        return {"loss": self.loss, "steps": self.steps, "by_timestep": self.by_timestep.state(),
+                "parts": self.parts.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = dict(state) if state else None  # a checkpoint from before windows were saved: none
 
     def after_step(self, ctx: HookContext, result: StepResult) -> None:
         self.loss += result.loss
         self.steps += 1
+        self.timed_steps += 1
         self.grad_norm = result.grad_norm
         for terms, t_weights in zip(result.terms, result.t_weights):
             self.by_timestep.add(terms.t, terms.per_sample)
@@ -254,13 +297,16 @@ class LogMetrics(Hook):
 
     def __call__(self, ctx: HookContext) -> None:
         seconds = time.perf_counter() - self.began - (ctx.hook_seconds - self.paused)
-        rate = self.steps * self.images_per_step / max(seconds, 1e-9)
+        rate = self.timed_steps * self.images_per_step / max(seconds, 1e-9)
         grad_norm = self.grad_norm.item() if self.grad_norm is not None else 0.0
-        row = {"loss": self.loss / max(self.steps, 1), **self.parts.means(),
+        closes = ctx.step % self.every == 0 or ctx.step == ctx.total_steps  # else an early stop: the window stays
+        row = {"loss": self.loss / max(self.steps, 1), **self.parts.means(reset=closes),
                "lr": ctx.state.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "images_per_s": rate,
-               "epoch": ctx.state.loader.epoch, **self.by_timestep.means()}
+               "epoch": ctx.state.loader.epoch, **self.by_timestep.means(reset=closes)}
         ctx.logger.log(ctx.step, **row)
-        self._restart(ctx)
+        if closes:
+            self.loss, self.steps = 0.0, 0
+        self._restart_clock(ctx)
 
 
 class ProgressBar(Hook):
@@ -357,6 +403,7 @@ class MeasureFID(Hook):
 
 class SaveCheckpoint(Hook):
     at_stop = True
+    main_process_only = False  # a distributed run's processes all take part (their RNG states); rank 0 writes
 
     def __call__(self, ctx: HookContext) -> None:
         ctx.save_checkpoint()

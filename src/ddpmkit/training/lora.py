@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_weights, tensor_file
 from ..config import LoRAConfig, RunConfig
 from ..data import ImageArray
 from ..diffusion import Diffusion
@@ -50,7 +50,7 @@ class LoRABase:
         if "ema" not in tensors:
             raise DdpmkitError(f"{checkpoint} has no EMA weights (ema.safetensors) to adapt")
         model = UNet(info.unet)
-        model.load_state_dict(tensors["ema"])  # the canonical layout (older checkpoints are renamed on load)
+        load_weights(model, tensors["ema"], tensor_file(checkpoint, "ema"))  # older layouts are renamed on load
         return cls(Path(os.path.abspath(checkpoint)), info, model.state_dict(), model_fingerprint(model))
 
     @property

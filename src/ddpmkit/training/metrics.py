@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..errors import DdpmkitError
 from ..run import RunFolder
 
 
@@ -39,8 +40,12 @@ class MetricsLogger:
     def log(self, step: int, **values: float) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in values.items()}}
         self.rows.append(row)
-        with open(self.jsonl, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        try:
+            with open(self.jsonl, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as exc:  # a full disk: one line; the checkpoints written so far are intact
+            raise DdpmkitError(f"cannot write {self.jsonl} ({exc.strerror or exc}); free some space (or fix the "
+                               "folder) and continue with --resume from the last checkpoint") from exc
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key.replace(".", "/"), value, step)
@@ -55,10 +60,14 @@ class MetricsLogger:
         keys: list[str] = []
         for row in self.rows:
             keys.extend(k for k in row if k not in keys)
-        with open(self.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys or ["step"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        try:
+            with open(self.csv, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=keys or ["step"])
+                writer.writeheader()
+                writer.writerows(self.rows)
+        except OSError as exc:
+            raise DdpmkitError(f"cannot write {self.csv} ({exc.strerror or exc}); free some space (or fix the "
+                               "folder) and continue with --resume from the last checkpoint") from exc
 
     def close(self) -> None:
         if self.writer is not None:

@@ -98,8 +98,9 @@ def convergence_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     if not summary:
         return "no loss was logged"
+    change = 100 * summary["improvement"]
     text = (f"loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f} "
-            f"({100 * summary['improvement']:.1f}% lower)")
+            + (f"({change:.1f}% lower)" if change >= 0 else f"({-change:.1f}% higher)"))
     if summary["largest_increase_at_epoch"] is not None:
         text += (f"; largest epoch-to-epoch increase +{summary['largest_epoch_increase']:.4f} "
                  f"at epoch {summary['largest_increase_at_epoch']}")

@@ -61,7 +61,9 @@ class TrainingState:
         if self.scaler.is_enabled():
             meta["scaler"] = self.scaler.state_dict()
         for name, obj in self.extras.items():
-            tensors[name], meta[name] = split_tensors(obj.state_dict())
+            group, meta[name] = split_tensors(obj.state_dict())
+            if group:  # no NAME.safetensors for state that is JSON only
+                tensors[name] = group
         return tensors, meta
 
     def load_checkpoint(self, tensors: dict[str, dict[str, Tensor]], state: dict[str, Any]) -> None:

@@ -21,12 +21,13 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..config import RunConfig
 from ..data import ImageArray
-from ..device import autocast
+from ..device import autocast, randn
 from ..errors import DdpmkitError
 from ..sampling import sample
 from ..viz import to_uint8
 from .builders import build_training
-from .hooks import Hook, HookContext, HookRunner, StepResult
+from .distributed import DistributedOptions
+from .hooks import Hook, HookContext, HookRunner, StepResult, is_main_process
 from .lora import LoRABase
 from .lr import lr_at
 from .plots import convergence_summary
@@ -49,20 +50,24 @@ class Trainer:
     adapter export) run whatever it holds (``trainer.builtin_hooks``). ``extras`` are more stateful objects
     (``state_dict``/``load_state_dict``) saved in every checkpoint and restored on resume. With
     ``config.lora.base`` set it is a LoRA run (:mod:`ddpmkit.training.lora`): the builder takes the model from the
-    base, and the loop is the same.
+    base, and the loop is the same. Under torchrun the builder joins the other processes (``distributed``: backend
+    and join timeout) and the loop is the same too: each process trains its share of the global batch
+    (:mod:`.distributed` says how N processes make one process's step).
     """
 
     def __init__(self, config: RunConfig, run_dir: Path, resume: Path | None = None, progress: bool = True,
                  data: ImageArray | None = None, hooks: list[Hook] | None = None,
-                 extras: dict[str, Stateful] | None = None):
+                 extras: dict[str, Stateful] | None = None, distributed: DistributedOptions | None = None):
         parts = build_training(config, run_dir, resume=resume, data=data, progress=progress, hooks=hooks,
-                               extras=extras)
+                               extras=extras, distributed=distributed)
         self.config, self.run, self.data, self.progress = parts.config, parts.run, parts.data, progress
         self.device, self.precision, self.amp_dtype = parts.device, parts.precision, parts.amp_dtype
         self.diffusion, self.unet_config, self.model_source = parts.diffusion, parts.unet_config, parts.source
         self.info, self.state, self.timestep_sampler = parts.info, parts.state, parts.timestep_sampler
         self.steps_per_epoch, self.total_steps = parts.steps_per_epoch, parts.total_steps
         self.logger, self.hooks, self.builtin_hooks = parts.logger, parts.hooks, parts.builtin_hooks
+        self.parallel, self.train_model = parts.parallel, parts.train_model  # DDP(model) under torchrun
+        self.lock = parts.lock  # the run folder's writer lock (main process): released when fit returns, or by close
         self.context = HookContext(config=self.config, run=self.run, state=self.state, logger=self.logger,
                                    total_steps=self.total_steps, progress=progress, sample_ema=self.sample_ema,
                                    save_checkpoint=self.save_checkpoint)
@@ -98,21 +103,30 @@ class Trainer:
             group["lr"] = lr
         total = torch.zeros((), device=device)
         all_terms, all_t_weights = [], []
-        for _ in range(tc.grad_accum):
+        par = self.parallel  # one process: every call below is the identity
+        for micro in range(tc.grad_accum):
             x0, model_kwargs = next(batches)  # data: images in [-1, 1] and what the model is conditioned on
             if device.type == "cuda":  # page-locked, so the copy is a DMA that overlaps the GPU's work
                 x0 = x0.pin_memory()
             x0 = x0.to(device, non_blocking=True)
             model_kwargs = {name: value.to(device) for name, value in model_kwargs.items()}
-            t = t_weights = None  # noise levels: uniform (drawn by the diffusion) unless a sampler of t is set
+            # noise levels t (uniform unless a sampler of t is set) and noise ε, drawn for the whole global batch
+            # (every process draws the same) and this process's share kept: N processes draw as one does
+            n = par.global_batch(x0.shape[0])
             if self.timestep_sampler is not None:
-                t, t_weights = self.timestep_sampler.sample(x0.shape[0], device, state.generator)
-            with autocast(device, self.amp_dtype):  # loss
-                terms = self.diffusion.training_losses(state.model, x0, model_kwargs, t=t, generator=state.generator,
-                                                       t_weights=t_weights)
+                t, t_weights = self.timestep_sampler.sample(n, device, state.generator)
+            else:
+                t, t_weights = self.diffusion.sample_timesteps(n, device, state.generator), None
+            t, t_weights = par.keep(t), par.keep(t_weights)
+            noise = par.keep(randn((n, *x0.shape[1:]), state.generator, device, x0.dtype))
+            with par.no_sync(self.train_model, inner=micro < tc.grad_accum - 1):  # all-reduce on the last only
+                with autocast(device, self.amp_dtype):  # loss
+                    terms = self.diffusion.training_losses(self.train_model, x0, model_kwargs, t=t, noise=noise,
+                                                           t_weights=t_weights)
+                state.scaler.scale(terms.loss / tc.grad_accum).backward()
+            terms, t_weights = par.gather(terms, t_weights)  # the whole batch's t and losses, on every process
             if self.timestep_sampler is not None:
                 self.timestep_sampler.update(terms.t, terms.vlb)
-            state.scaler.scale(terms.loss / tc.grad_accum).backward()
             total += terms.loss.detach() / tc.grad_accum
             all_terms.append(terms)
             all_t_weights.append(t_weights)
@@ -152,20 +166,38 @@ class Trainer:
         hooks, ctx = self._hook_runner(), self.context
         batches = self.loader.batches()
         result = None
-        hooks.start(ctx)
+        self._hold_lock()
         try:
-            while self.step < stop:
-                result = self.train_step(batches)
-                if deadline is not None and self.step < stop and time.monotonic() >= deadline:
-                    self.stopped_by_time, stop = True, self.step
-                hooks.after_step(ctx, result, stop, final=self.stopped_by_time)
+            hooks.start(ctx)
+            try:
+                while self.step < stop:
+                    result = self.train_step(batches)
+                    # every process stops at the same step: the first one past the deadline decides
+                    if deadline is not None and self.step < stop and self.parallel.any(time.monotonic() >= deadline):
+                        self.stopped_by_time, stop = True, self.step
+                    hooks.after_step(ctx, result, stop, final=self.stopped_by_time)
+            finally:
+                hooks.close()
+            hooks.end(ctx)
+            summary = convergence_summary(self.logger.rows) if self.logger is not None else {}
+            if self.logger is not None:
+                self.logger.close()
         finally:
-            hooks.close()
-        hooks.end(ctx)
-        summary = convergence_summary(self.logger.rows) if self.logger is not None else {}
-        if self.logger is not None:
-            self.logger.close()
+            self.close()
         return TrainResult(self.run.path, self.step, result.loss if result is not None else None, summary)
+
+    def close(self) -> None:
+        """Give up the run folder (its writer lock): another process may write it now. ``fit`` does so when it
+        returns; a later ``fit`` or ``save_checkpoint`` takes it again."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _hold_lock(self) -> bool:
+        """Hold the writer lock (main process); True when this call took it."""
+        if self.lock is None or self.lock.held:
+            return False
+        self.lock = self.run.acquire_writer()
+        return True
 
     def _hook_runner(self) -> HookRunner:
         return HookRunner([*self.hooks, *self.builtin_hooks])
@@ -173,12 +205,24 @@ class Trainer:
     # ----- the two actions hooks may ask for ----------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """checkpoints/step_N: the training state beside what the run is (:class:`~ddpmkit.run.RunInfo`)."""
+        """checkpoints/step_N: the training state beside what the run is (:class:`~ddpmkit.run.RunInfo`). In a
+        distributed run every process calls it (each one's RNG state is gathered), rank 0 alone writes, and the
+        others wait for it."""
+        self.parallel.gather_rng()
+        if not is_main_process():
+            self.parallel.barrier()
+            return self.run.checkpoint_dir(self.step)
         tensors, training = self.state.to_checkpoint()
         meta = {**dataclasses.replace(self.info, step=self.step).to_state(), **training}
-        path = save_checkpoint(self.run.checkpoint_dir(self.step), tensors, meta)
-        self.run.prune_checkpoints(self.config.train.keep_checkpoints)
-        self._hook_runner().saved(self.context, path)
+        took = self._hold_lock()  # called outside fit (after it returned): be the writer while saving
+        try:
+            path = save_checkpoint(self.run.checkpoint_dir(self.step), tensors, meta)
+            self.run.prune_checkpoints(self.config.train.keep_checkpoints)
+            self._hook_runner().saved(self.context, path)
+        finally:
+            if took:
+                self.close()
+        self.parallel.barrier()
         return path
 
     @torch.no_grad()
