@@ -104,11 +104,13 @@ def plot(rows: list[dict], floor: float | None, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, style in (("ddpmkit", "o-"), ("diffusers-recipe", "^:"), (LIBRARY, "s--")):
+    labels = {"ddpmkit": "ddpmkit's default job", DIFFUSERS.name: "diffusers' recipe in ddpmkit's trainer",
+              LIBRARY: "diffusers' recipe, diffusers' own code"}
+    for name, style in (("ddpmkit", "o-"), (DIFFUSERS.name, "^:"), (LIBRARY, "s--")):
         mine = [r for r in rows if r["recipe"] == name]
         pts = sorted((r["train_seconds"] / 60, r["fid"]) for r in mine)
         if pts:
-            ax.plot(*zip(*pts), style, label=f"{name} recipe, {mine[0]['sampler']}")
+            ax.plot(*zip(*pts), style, label=f"{labels[name]}, {mine[0]['sampler']}")
     if floor is not None:
         ax.axhline(floor, color="gray", ls=":", label=f"floor (real vs real, N={rows[0]['num']})")
     ax.set_xlabel("training minutes on this CPU")
@@ -157,6 +159,8 @@ def main() -> None:
         snaps[name] = reused if reused is not None else train(candidate, args.work / name, steps, fractions, data=data)
     unet = library_unet(data)
     reused = diffusers_recipe.finished(args.work / LIBRARY, unet, library_steps) if args.resume else None
+    if reused is not None:
+        print(f"{LIBRARY}: reusing the finished training in {args.work / LIBRARY}", flush=True)
     snaps[LIBRARY] = reused if reused is not None else diffusers_recipe.train(
         args.work / LIBRARY, unet, library_steps, (1 / 3, 2 / 3, 1.0), data)
     judge = Judge(inception=not args.no_inception)

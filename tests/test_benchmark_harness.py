@@ -32,21 +32,25 @@ def _run(script: str, *args: str, cwd: Path) -> str:
 
 
 def test_time_to_quality_smoke(tmp_path):
-    """Both recipes train for equal minutes (steps from the measured step rates) and every snapshot is scored."""
+    """Ours, diffusers' recipe in our trainer and diffusers' own code train for equal minutes (steps from the
+    measured step rates) and every snapshot is scored."""
     out, plot = tmp_path / "ttq.json", tmp_path / "ttq.png"
     _run("time_to_quality.py", "--steps", "3", "--num", "12", "--no-inception", "--work", str(tmp_path / "w"),
          "--out", str(out), "--plot", str(plot), cwd=tmp_path)
     result = json.loads(out.read_text())
     rows = result["rows"]
     ours = [r for r in rows if r["recipe"] == "ddpmkit"]
+    recipe = [r for r in rows if r["recipe"] == "diffusers-recipe"]
     theirs = [r for r in rows if r["recipe"] == "diffusers"]
-    assert [r["step"] for r in ours] == [1, 2, 3] and theirs
+    assert [r["step"] for r in ours] == [1, 2, 3] and theirs and recipe
     rates = result["cpu_rates_steps_per_s"]
     assert theirs[-1]["step"] == max(1, round(3 * rates["diffusers"] / rates["ddpmkit"]))
+    assert recipe[-1]["step"] == max(1, round(3 * rates["diffusers-recipe"] / rates["ddpmkit"]))
     assert all(r["train_seconds"] > 0 and math.isfinite(r["fid"]) for r in rows)
     # each recipe with its own sampler: ours as the preset recommends (DDPM-50), theirs DDIM-50 as their pipeline;
     # our last snapshot with theirs too, so one row compares the two trainings with the same sampler
-    assert {r["sampler"] for r in ours} == {"ddpm-50"} and {r["sampler"] for r in theirs} == {"ddim-50"}
+    assert {r["sampler"] for r in ours} == {"ddpm-50"} and {r["sampler"] for r in recipe} == {"ddim-50"}
+    assert {r["sampler"] for r in theirs} == {"DDIMPipeline-50"}  # diffusers' own pipeline
     same_sampler = result["ours_last_snapshot_with_diffusers_sampler"]
     assert [(r["step"], r["sampler"]) for r in same_sampler] == [(3, "ddim-50")]
     assert plot.stat().st_size > 10_000
@@ -54,7 +58,7 @@ def test_time_to_quality_smoke(tmp_path):
     again = tmp_path / "again.json"
     stdout = _run("time_to_quality.py", "--steps", "3", "--num", "12", "--no-inception", "--work", str(tmp_path / "w"),
                   "--out", str(again), "--plot", str(plot), "--resume", cwd=tmp_path)
-    assert stdout.count("reusing the finished training") == 2
+    assert stdout.count("reusing the finished training") == 3
     resumed = json.loads(again.read_text())
     assert resumed["resumed"] and resumed["cpu_rates_steps_per_s"] == rates
     assert [(r["step"], r["train_seconds"]) for r in resumed["rows"]] == [(r["step"], r["train_seconds"]) for r in rows]
