@@ -150,26 +150,16 @@ def describe_device(device: torch.device) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .atomic import check_writable
-    from .cli_args import check_resume_changes, distributed_options, launch_processes, print_notes
+    from .cli_args import start_training
     from .run import RunFolder
-    from .training import Trainer
     from .training.distributed import parallel_errors, teardown
     from .training.plots import format_summary
 
     config, run_dir, resume_path = resolve_train_config(args)
     check_writable(run_dir, "dir", "--out")
-    notes = check_resume_changes(args, config, resume_path) if resume_path else []
-    launched = launch_processes(args, args.argv, config.train.device, config.train.batch_size, run_dir)
-    if launched is not None:  # --nproc N: this process was torchrun's agent for N processes of this command
-        return launched
-    with parallel_errors():  # another process dying under torchrun: one line
-        trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress,
-                          distributed=distributed_options(args))
-        if trainer.parallel.rank > 0:  # rank 0 speaks for a distributed run
-            trainer.fit()
-            teardown()
-            return 0
-    print_notes(notes)
+    trainer = start_training(args, config, run_dir, resume_path)
+    if isinstance(trainer, int):  # --nproc's exit status, or a rank other than 0 that has finished
+        return trainer
     where = f"resuming {resume_path} at step {trainer.step}" if resume_path else "new run"
     print(f"ddpmkit train: {config.data.name} on {describe_device(trainer.device)} ({trainer.precision})"
           f"{trainer.parallel.describe_batch(config.train.batch_size)}, "

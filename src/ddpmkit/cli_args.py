@@ -140,6 +140,28 @@ def launch_processes(args: argparse.Namespace, argv: list[str], device: str, bat
     return launch(strip_launch_flags(argv), args.nproc, args.nnodes, args.rdzv_endpoint, args.dist_timeout, run_dir)
 
 
+def start_training(args: argparse.Namespace, config, run_dir: Path, resume_path: Path | None):
+    """What train and lora do once their config is resolved: the resume checks, then either the ``--nproc``
+    processes (returns their exit status), or this process's Trainer. Under torchrun a rank other than 0 trains
+    here and returns 0 (rank 0 speaks for the run); rank 0 gets the Trainer, after the resume notes."""
+    from .training import Trainer
+    from .training.distributed import parallel_errors, teardown
+
+    notes = check_resume_changes(args, config, resume_path) if resume_path else []
+    launched = launch_processes(args, args.argv, config.train.device, config.train.batch_size, run_dir)
+    if launched is not None:  # --nproc N: this process was torchrun's agent for N processes of this command
+        return launched
+    with parallel_errors():  # another process dying under torchrun: one line
+        trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress,
+                          distributed=distributed_options(args))
+        if trainer.parallel.rank > 0:
+            trainer.fit()
+            teardown()
+            return 0
+    print_notes(notes)
+    return trainer
+
+
 def report_error(exc: Exception) -> bool:
     """Whether this process prints ``exc`` (one line): always, except in a process of a distributed run that is
     not rank 0 (or under ``--nproc``, whose agent prints the first failure) and whose error is the same everywhere."""

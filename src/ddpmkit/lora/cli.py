@@ -78,26 +78,16 @@ def resolve_lora_config(args: argparse.Namespace):
 def cmd_lora(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
     from ..checkpoint import tensor_file
-    from ..cli_args import check_resume_changes, distributed_options, launch_processes, print_notes
-    from ..training import Trainer
+    from ..cli_args import start_training
     from ..training.distributed import parallel_errors, teardown
     from ..training.plots import format_summary
     from .adapter import ADAPTER_WEIGHTS, short
 
     config, run_dir, resume_path = resolve_lora_config(args)
     check_writable(run_dir, "dir", "--out")
-    notes = check_resume_changes(args, config, resume_path) if resume_path else []
-    launched = launch_processes(args, args.argv, config.train.device, config.train.batch_size, run_dir)
-    if launched is not None:  # --nproc N: this process was torchrun's agent for N processes of this command
-        return launched
-    with parallel_errors():  # another process dying under torchrun: one line
-        trainer = Trainer(config, run_dir, resume=resume_path, progress=not args.no_progress,
-                          distributed=distributed_options(args))
-        if trainer.parallel.rank > 0:  # rank 0 speaks for a distributed run
-            trainer.fit()
-            teardown()
-            return 0
-    print_notes(notes)
+    trainer = start_training(args, config, run_dir, resume_path)
+    if isinstance(trainer, int):  # --nproc's exit status, or a rank other than 0 that has finished
+        return trainer
     lora, base = config.lora, trainer.lora
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
