@@ -26,9 +26,9 @@ LAYERS: dict[str, int] = {
     "ddpmkit.errors": 0, "ddpmkit.version": 0, "ddpmkit.atomic": 0, "ddpmkit.device": 0, "ddpmkit.malloc": 0,
     "ddpmkit.fetch": 0, "ddpmkit.viz": 0,
     "ddpmkit.schedule": 1, "ddpmkit.diffusion": 1, "ddpmkit.sampling": 1, "ddpmkit.timestep_sampler": 1,
-    "ddpmkit.likelihood": 1,
+    "ddpmkit.likelihood": 1, "ddpmkit.editing": 1, "ddpmkit.editing.methods": 1,
     "ddpmkit.models": 2, "ddpmkit.lora": 2, "ddpmkit.lora.layers": 2, "ddpmkit.lora.adapter": 2,
-    "ddpmkit.data": 3,
+    "ddpmkit.data": 3, "ddpmkit.editing.inputs": 3,
     "ddpmkit.eval.features": 3, "ddpmkit.eval.inception": 3, "ddpmkit.eval.classifier": 3, "ddpmkit.eval.fid": 3,
     "ddpmkit.eval.kid": 3, "ddpmkit.eval.reference": 3, "ddpmkit.eval.weights": 3, "ddpmkit.eval.images": 3,
     "ddpmkit.config": 4, "ddpmkit.presets": 4, "ddpmkit.run": 4, "ddpmkit.checkpoint": 4,
@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
     "ddpmkit.eval": 7, "ddpmkit.lora.merged_run": 7, "ddpmkit.demo": 7, "ddpmkit.export": 7, "ddpmkit.export.cli": 8,
     "ddpmkit.distill": 7,
     "ddpmkit.cli": 8, "ddpmkit.cli_args": 8, "ddpmkit.__main__": 8, "ddpmkit.data.cli": 8,
-    "ddpmkit.data.__main__": 8, "ddpmkit.eval.cli": 8, "ddpmkit.lora.cli": 8, "ddpmkit.demo.cli": 8,
+    "ddpmkit.data.__main__": 8, "ddpmkit.eval.cli": 8, "ddpmkit.lora.cli": 8, "ddpmkit.demo.cli": 8, "ddpmkit.editing.cli": 8,
     "ddpmkit": 9,
 }
 NAMES = ["base", "math", "models", "data", "run", "training", "pipeline", "tasks", "commands", "the package root"]

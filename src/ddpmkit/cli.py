@@ -75,7 +75,10 @@ DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
              "demo": "a Gradio app for a trained run (ddpmkit demo --help; pip install 'ddpmkit[demo]')",
              "lora": "fine-tune a run with LoRA adapters, or merge one (ddpmkit lora --help)",
              "export": "write a run as a diffusers pipeline folder (ddpmkit export --help)",
-             "import-diffusers": "turn a diffusers UNet2DModel folder into a run (ddpmkit import-diffusers --help)"}
+             "import-diffusers": "turn a diffusers UNet2DModel folder into a run (ddpmkit import-diffusers --help)",
+             "inpaint": "repaint the masked part of an image (RePaint; ddpmkit inpaint --help)",
+             "img2img": "turn a rough image into a clean sample (SDEdit; ddpmkit img2img --help)",
+             "interpolate": "walk between two images through their DDIM noises (ddpmkit interpolate --help)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +105,10 @@ def _delegate(command: str, rest: list[str]) -> int:
         from .lora.cli import lora_main
 
         return lora_main(rest)
+    if command in ("inpaint", "img2img", "interpolate"):
+        from .editing.cli import img2img_main, inpaint_main, interpolate_main
+
+        return {"inpaint": inpaint_main, "img2img": img2img_main, "interpolate": interpolate_main}[command](rest)
     if command in ("export", "import-diffusers"):
         from .export.cli import export_main, import_main
 

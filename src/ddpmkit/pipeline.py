@@ -6,8 +6,9 @@ math; it never imports training. What to generate is a :class:`~ddpmkit.request.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,113 @@ class Pipeline:
         bar.close()
         result = torch.cat(outputs).clamp(-1, 1)
         return result if return_tensor else to_uint8(result)
+
+    # ----- editing (ddpmkit.editing over this run) ------------------------------------------------------------
+
+    def edit_request(self, request: SampleRequest | None, images: torch.Tensor) -> SampleRequest:
+        """:func:`edit_request` for ``images`` on this run."""
+        return edit_request(request, self.info, len(images))
+
+    def _edit_batches(self, request: SampleRequest, images: torch.Tensor, progress: bool, what: str,
+                      run: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Run an edit batch by batch, with x_T drawn for all images up front from the request's seed."""
+        images = images.expand(request.num, *images.shape[1:]) if len(images) == 1 else images
+        generator = torch.Generator().manual_seed(request.seed)
+        noise = randn((request.num, *self.image_shape), generator)
+        kwargs = request.model_kwargs()
+        outputs = []
+        bar = tqdm(total=request.num, desc=what, unit="img", disable=not progress)
+        for start in range(0, request.num, request.batch_size):
+            end = start + request.batch_size
+            outputs.append(run(images[start:end], noise[start:end], {k: v[start:end] for k, v in kwargs.items()},
+                               generator).cpu())
+            bar.update(len(outputs[-1]))
+        bar.close()
+        return torch.cat(outputs).clamp(-1, 1)
+
+    def _common(self, request: SampleRequest) -> dict[str, Any]:
+        return dict(sampler=request.sampler, steps=request.steps, eta=request.eta, spacing=request.spacing,
+                    guidance=request.guidance, clip_denoised=request.clip_denoised, device=self.device,
+                    autocast_dtype=self.amp_dtype)
+
+    def img2img(self, image: np.ndarray | torch.Tensor, strength: float, request: SampleRequest | None = None,
+                progress: bool = False, callback: Callback | None = None) -> np.ndarray:
+        """SDEdit (:func:`ddpmkit.editing.img2img`): uint8 results, one per image of ``request``.
+
+        With the same request, strength 1 gives exactly :meth:`generate`'s images and strength 0 the input.
+        """
+        from .editing import img2img
+        from .editing.methods import check_strength
+
+        strength = check_strength(strength)
+        x0 = self._edit_images(image)
+        request = self.edit_request(request, x0)
+        out = self._edit_batches(request, x0, progress, f"img2img {strength:g}", lambda x, noise, kwargs, g: img2img(
+            self.model, self.diffusion, x, strength, noise=noise.to(self.device), model_kwargs=kwargs, generator=g,
+            callback=callback, **self._common(request)))
+        return to_uint8(out)
+
+    def inpaint(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
+                request: SampleRequest | None = None, jump_length: int = 10, resample: int = 1,
+                progress: bool = False, callback: Callback | None = None) -> np.ndarray:
+        """RePaint (:func:`ddpmkit.editing.inpaint`): repaint where ``mask`` is white/1, keep the rest exactly."""
+        from .editing import inpaint
+        from .editing.inputs import as_mask
+        from .editing.methods import check_mask, check_resampling
+
+        x0 = self._edit_images(image)
+        mask_tensor = check_mask(torch.from_numpy(as_mask(mask)), x0)
+        request = self.edit_request(request, x0)
+        check_resampling(request.sampler, jump_length, resample)
+        out = self._edit_batches(request, x0, progress, "inpaint", lambda x, noise, kwargs, g: inpaint(
+            self.model, self.diffusion, x, mask_tensor, jump_length=jump_length, resample=resample,
+            noise=noise.to(self.device), model_kwargs=kwargs, generator=g, callback=callback, **self._common(request)))
+        return to_uint8(out)
+
+    def invert(self, image: np.ndarray | torch.Tensor, request: SampleRequest | None = None) -> torch.Tensor:
+        """DDIM inversion (:func:`ddpmkit.editing.invert`) over the request's step count: the noise, float32."""
+        from .editing import invert
+
+        x0 = self._edit_images(image)
+        request = self.edit_request(dataclasses.replace(request or SampleRequest(num=1), sampler="ddim"), x0)
+        return invert(self.model, self.diffusion, x0.expand(request.num, *x0.shape[1:]), request.steps,
+                      request.spacing, request.model_kwargs(), request.guidance, device=self.device,
+                      autocast_dtype=self.amp_dtype).cpu()
+
+    def interpolate(self, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, num: int,
+                    request: SampleRequest | None = None) -> np.ndarray:
+        """``num`` uint8 images from ``a`` to ``b`` (:func:`ddpmkit.editing.interpolate`), DDIM both ways."""
+        from .editing import interpolate
+
+        xa, xb = self._edit_images(a, "the first image"), self._edit_images(b, "the second image")
+        request = self.edit_request(dataclasses.replace(request or SampleRequest(num=1), sampler="ddim", num=1), xa)
+        kwargs = request.model_kwargs()
+        out = interpolate(self.model, self.diffusion, xa[0], xb[0], num, request.steps, request.spacing, kwargs,
+                          request.guidance, clip_denoised=request.clip_denoised, device=self.device,
+                          autocast_dtype=self.amp_dtype)
+        return to_uint8(out.cpu().clamp(-1, 1))
+
+    def _edit_images(self, images: np.ndarray | torch.Tensor, what: str = "the image") -> torch.Tensor:
+        from .editing.inputs import as_model_images
+
+        c = self.model.config
+        return as_model_images(images, c.in_channels, c.image_size, what)
+
+
+def edit_request(request: SampleRequest | None, info: RunInfo, count: int = 1) -> SampleRequest:
+    """The resolved request an edit of ``count`` images runs: one result per image (a single image is edited
+    ``request.num`` times), and without labels the unconditional model (an edit keeps what the image is unless told
+    a class). Needs no weights; a resolved request is returned as it is."""
+    request = request if request is not None else SampleRequest(num=1)
+    if request.resolved:
+        return request
+    if count > 1:
+        request = dataclasses.replace(request, num=count)
+    if info.num_classes is not None and request.labels is None and "labels" not in (request.conditions or {}):
+        if request.guidance not in (None, 0.0):
+            raise DdpmkitError("guidance needs a class to guide towards: give --label (or labels=...) with it")
+        request = dataclasses.replace(request, labels=(0,), guidance=0.0)  # w = 0: the null label alone, one pass
+    return request.resolve(info)
 
 
 def _finite(value: object) -> bool:

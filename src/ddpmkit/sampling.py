@@ -323,12 +323,15 @@ class UniPCStep:
 @dataclass(frozen=True)
 class SamplerSpec:
     """One sampler: its step rule (a fresh one for each run, given η) and what it does when the caller does not say:
-    its step count (None: all T) and timestep spacing; ``uses_eta`` says whether η means anything to it."""
+    its step count (None: all T) and timestep spacing; ``uses_eta`` says whether η means anything to it, and
+    ``multistep`` whether its step rule remembers earlier steps (so that a path that jumps back, as RePaint's, is
+    not one it can follow)."""
 
     make_step: Callable[[float], Callable[..., Tensor]]
     steps: int | None
     spacing: str
     uses_eta: bool = False
+    multistep: bool = False
 
 
 # The one sampler registry: Python (sample, Pipeline, SampleRequest), the CLI and the demo all read it.
@@ -339,11 +342,12 @@ SAMPLER_REGISTRY: dict[str, SamplerSpec] = {
     "ddim": SamplerSpec(DDIMStep, steps=50, spacing="trailing", uses_eta=True),
     # Lu et al. 2022: 15-20 steps for good samples; trailing, measured: on the cosine mnist run λ-uniform steps
     # crowd near T (classifier FID at 10 NFE 864 vs 748)
-    "dpm++2m": SamplerSpec(lambda eta: DPMSolver2MStep(), steps=20, spacing="trailing"),
-    "dpm++3m": SamplerSpec(lambda eta: DPMSolver3MStep(), steps=20, spacing="trailing"),
+    "dpm++2m": SamplerSpec(lambda eta: DPMSolver2MStep(), steps=20, spacing="trailing", multistep=True),
+    "dpm++3m": SamplerSpec(lambda eta: DPMSolver3MStep(), steps=20, spacing="trailing", multistep=True),
     # UniPC-2 (Zhao et al. 2023), measured on the mnist default job (Inception FID, N = 500): 38.4 at 10 steps
     # against DDIM-50's 36.6 (DPM-Solver++(2M)-10 45.8); order 3 gave the same (38.3), so only order 2 is named
-    "unipc": SamplerSpec(lambda eta: UniPCStep(order=2), steps=10, spacing="trailing"),
+    "unipc": SamplerSpec(lambda eta: UniPCStep(order=2), steps=10, spacing="trailing",
+                         multistep=True),
 }
 SAMPLERS = tuple(SAMPLER_REGISTRY)
 
