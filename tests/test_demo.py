@@ -19,10 +19,11 @@ from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.demo import DemoModel, Preview
-from ddpmkit.demo.core import ALL_CLASSES, FAST_SAMPLER, MAX_IMAGES, Cancelled
+from ddpmkit.demo.core import ALL_CLASSES, FAST_SAMPLER, MAX_IMAGES, Cancelled, schedule_figure
 from ddpmkit.errors import DdpmkitError
 from ddpmkit.pipeline import Pipeline
 from ddpmkit.sampling import SAMPLER_REGISTRY
+from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.viz import grid_image
 
 pytest.importorskip("sklearn", reason="the digits data set needs scikit-learn (pip install -e '.[test]')")
@@ -79,25 +80,26 @@ def test_defaults_and_what_the_run_offers(plain, cond):
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    (("euler", 10, 0, 0, 4), "unknown sampler"),
-    (("ddim", 0, 0, 0, 4), "steps must be a whole number from 1 to"),
-    (("ddim", 10_000, 0, 0, 4), "steps must be a whole number from 1 to"),
-    (("ddim", 10, -0.5, 0, 4), "eta must be in [0, 1]"),
-    (("ddim", 10, 2, 0, 4), "eta must be in [0, 1]"),
-    (("ddim", 10, float("nan"), 0, 4), "eta must be a finite number"),
-    (("ddim", 10, 0, -1, 4), "the seed must be a whole number"),
-    (("ddim", 10, 0, 1.5, 4), "the seed must be a whole number"),
-    (("ddim", 10, 0, 0, 0), "the number of images must be a whole number from 1 to 64"),
-    (("ddim", 10, 0, 0, MAX_IMAGES + 1), "the number of images must be a whole number from 1 to 64"),
-    (("ddim", 10, 0, 0, "many"), "the number of images must be a number"),
-    (("ddim", 10, 0, 0, None), "the number of images must be a number"),
-    (("ddim", 10, 0, 0, 4, "eleven", 2), "unknown class 'eleven'"),
-    (("ddim", 10, 0, 0, 4, "1", 25), "guidance must be between 0 and 20"),
-    (("ddim", 10, 0, 0, 4, "1", -1), "guidance must be between 0 and 20"),
+    (("euler", 10, 0, 0, 4), "Sampler: unknown sampler"),
+    (("ddim", 0, 0, 0, 4), "Steps: must be a whole number from 1 to 100, got 0"),
+    (("ddim", 10_000, 0, 0, 4), "Steps: must be a whole number from 1 to 100"),
+    (("ddim", 10, -0.5, 0, 4), "η: must be between 0 and 1, got -0.5"),
+    (("ddim", 10, 2, 0, 4), "η: must be between 0 and 1, got 2"),
+    (("ddim", 10, float("nan"), 0, 4), "η: must be a finite number"),
+    (("ddim", 10, 0, -1, 4), "Seed: must be a whole number"),
+    (("ddim", 10, 0, 1.5, 4), "Seed: must be a whole number"),
+    (("ddim", 10, 0, 0, 0), "Images: must be a whole number from 1 to 64"),
+    (("ddim", 10, 0, 0, MAX_IMAGES + 1), "Images: must be a whole number from 1 to 64"),
+    (("ddim", 10, 0, 0, "many"), "Images: must be a number"),
+    (("ddim", 10, 0, 0, None), "Images: must be a number"),
+    (("ddim", 10, 0, 0, 4, "eleven", 2), "Class: unknown class 'eleven'"),
+    (("ddim", 10, 0, 0, 4, "1", 25), "Guidance: must be between 0 and 20, got 25"),
+    (("ddim", 10, 0, 0, 4, "1", -1), "Guidance: must be between 0 and 20"),
 ])
-def test_out_of_range_values_are_refused_with_a_message(cond, values, message):
-    with pytest.raises(DdpmkitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+def test_out_of_range_values_are_refused_with_a_message_naming_the_control(cond, values, message):
+    with pytest.raises(DdpmkitError) as refused:
         cond.check(*values)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
 
 
 # ----- Generate ----------------------------------------------------------------------------------------------
@@ -115,6 +117,26 @@ def test_generate_is_the_pipelines_sampling_with_frames_timing_and_model_evaluat
     with Image.open(result.gif) as gif:
         assert gif.n_frames >= 2 and gif.size == result.grid.size
     assert "5 images in" in result.summary and "6 model evaluations" in result.summary
+    assert "unconditional" in result.summary and result.images.shape == (5, *expected.shape[1:])
+    assert np.array_equal(result.images, expected)
+
+
+def test_the_summary_says_which_class(cond):
+    def summary(label, guidance=2.0, num=3):
+        return cond.generate(cond.check("ddim", 2, 0, 0, num, label, guidance)).summary
+
+    assert " · class 7 · " in summary("7")
+    assert f" · {ALL_CLASSES} · " in summary(ALL_CLASSES, num=12)
+    assert " · unconditional · " in summary("7", guidance=0.0)  # w = 0 is the null label
+
+
+def test_a_result_shows_its_own_frames(plain):
+    """The "x_t at that step" image comes from the result it belongs to, whatever the step count."""
+    a = plain.generate(plain.check("ddim", 3, 0, 1, 4))
+    b = plain.generate(plain.check("ddim", 3, 0, 2, 4))
+    assert np.array_equal(np.asarray(a.frame(1)), np.asarray(a.frames[1]))
+    assert not np.array_equal(np.asarray(a.frame(1)), np.asarray(b.frame(1)))
+    assert a.frame(99) is a.frames[-1] and a.frame(-5) is a.frames[0]
 
 
 def test_a_guided_step_is_one_batched_model_evaluation(cond):
@@ -129,14 +151,44 @@ def test_a_guided_step_is_one_batched_model_evaluation(cond):
     assert np.array_equal(np.asarray(result.grid), np.asarray(grid_image(plain_guided, nrow=2, scale=cond._scale())))
 
 
-def test_stream_previews_each_step_then_gives_the_result(plain):
+def test_stream_previews_steps_then_gives_the_result(plain):
     request = plain.check("dpm++2m", 5, 0, 1, 4)
-    items = [item for item in plain.stream(request) if item is not None]  # None: a heartbeat, nothing new
+    items = [item for item in plain.stream(request, preview_seconds=0, update_seconds=0)
+             if item is not None]  # None: a heartbeat, nothing new
     previews, result = items[:-1], items[-1]
-    assert [p.step for p in previews] == [1, 2, 3, 4] and all(p.num_steps == 5 for p in previews)
-    assert all(isinstance(p, Preview) for p in previews)
+    steps = [p.step for p in previews]  # updates that pile up while the consumer is busy are merged
+    assert steps[0] == 1 and steps[-1] == 4 and steps == sorted(set(steps))
+    assert all(isinstance(p, Preview) and p.num_steps == 5 and p.grid is not None for p in previews)
     assert np.array_equal(np.asarray(result.grid), np.asarray(plain.generate(request).grid))
     assert not plain.lock.locked()
+
+
+def test_progress_starts_at_the_first_step_with_a_sound_estimate(plain):
+    """A long run (DDPM over all T steps) reports from step 1, with a picture, and its time left is the pace of
+    the steps so far times the steps to go (not Gradio's average of earlier requests)."""
+    pace = 0.02
+    hook = plain.pipe.model.register_forward_hook(lambda *_: time.sleep(pace))
+    try:
+        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 2), preview_seconds=1000,
+                              update_seconds=0, heartbeat=30)
+        first = next(stream)
+        later = [next(stream) for _ in range(5)]
+        stream.close()
+    finally:
+        hook.remove()
+    assert isinstance(first, Preview) and first.step == 1 and first.grid is not None
+    assert all(isinstance(p, Preview) and p.grid is None for p in later)  # pictures are sparse, progress is not
+    p = later[-1]
+    assert p.step <= 10
+    expected = pace * (p.num_steps - p.step)
+    assert 0.8 * expected < p.remaining < 4 * expected, (p, expected)
+
+
+def test_the_estimate_is_the_pace_after_the_first_step():
+    p = Preview(step=11, num_steps=1000, grid=None, seconds=6.0, first_seconds=1.0)  # step 1 carried a warm-up
+    assert p.remaining == pytest.approx(0.5 * 989)
+    assert p.text == "step 11 of 1000 · 6.0 s so far · about 8 min 14 s left"
+    assert Preview(step=1, num_steps=100, grid=None, seconds=2.0, first_seconds=2.0).remaining == pytest.approx(198)
 
 
 def test_closing_the_stream_cancels_the_sampling_within_a_step(plain):
@@ -161,7 +213,8 @@ def test_heartbeats_let_a_server_stop_between_sparse_previews(plain):
     calls = []
     hook = plain.pipe.model.register_forward_hook(lambda *_: (calls.append(1), time.sleep(0.05)))
     try:
-        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 4), preview_every=1000, heartbeat=0.01)
+        stream = plain.stream(plain.check("ddpm", plain.num_steps, 0, 0, 4), preview_seconds=1000,
+                              update_seconds=1000, heartbeat=0.01)
         assert next(stream) is None  # no preview for 1000 steps, but an item to stop at
         stream.close()
     finally:
@@ -196,21 +249,25 @@ def test_explain_is_the_closed_form_forward_process_and_the_models_prediction(co
     torch.testing.assert_close(x0_hat, (x_t - math.sqrt(1 - ac) * out) / math.sqrt(ac))
     assert f"ᾱ_t = {ac:.4f}" in e.text
     assert e.x_t.size == e.x0.size and e.x0.size[0] >= 192
-    with pytest.raises(DdpmkitError, match="t must be a whole number from 0 to 99"):
+    with pytest.raises(DdpmkitError, match="^t: must be a whole number from 0 to 99"):
         cond.explain(5, 100)
-    with pytest.raises(DdpmkitError, match="the image index must be a whole number"):
+    with pytest.raises(DdpmkitError, match="^Training image #: must be a whole number"):
         cond.explain(len(data), 10)
 
 
-def test_schedule_figure_draws_the_runs_schedule_beside_the_common_ones(plain):
+def test_schedule_figure_draws_the_runs_schedule_beside_the_other_common_ones(plain):
     fig = plain.schedule_figure()
     axes = fig.get_axes()
-    assert len(axes) == 3 and all(len(ax.get_lines()) == 4 for ax in axes)
+    assert len(axes) == 3 and all(len(ax.get_lines()) == 3 for ax in axes)
     schedule = plain.pipe.diffusion.schedule
     np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), schedule.betas.numpy())
     np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), schedule.alphas_cumprod.numpy())
     labels = [line.get_label() for line in axes[1].get_lines()]
-    assert labels == ["this run (cosine)", "linear", "cosine", "sigmoid"]
+    assert labels == ["this run (cosine)", "linear", "sigmoid"]  # no second cosine hidden under the run's
+    assert [text.get_text() for text in axes[1].get_legend().get_texts()] == labels
+    other = schedule_figure(NoiseSchedule.from_name("linear", 50, beta_end=0.05))
+    assert [line.get_label() for line in other.get_axes()[1].get_lines()] == [
+        "this run (linear)", "linear", "cosine", "sigmoid"]  # a linear schedule unlike the common one: both shown
 
 
 # ----- the command -------------------------------------------------------------------------------------------
@@ -250,6 +307,9 @@ def test_a_port_in_use_is_a_one_line_error(runs):
 def test_demo_help_works():
     code, out, _ = _cli(["demo", "--help"])
     assert code == 0 and "--share" in out and "127.0.0.1" in out
+    flat = " ".join(out.split())
+    assert "port to serve on (default 7860)" in flat
+    assert "where the model runs: auto" in flat and "the model's arithmetic: auto" in flat
 
 
 # ----- the server and the page -------------------------------------------------------------------------------
@@ -284,6 +344,7 @@ def test_the_server_answers_generate_and_explain_over_http(server):
     client = Client(server, verbose=False)
     grid, summary, gif, *_ = client.predict("ddim", 4, 0.0, 1, 6, "3", 2.0, api_name="/generate")
     assert "6 images in" in summary and "4 model evaluations" in summary and "guidance 2" in summary
+    assert " · class 3 · " in summary
     with Image.open(grid) as image:
         assert image.size == grid_image(np.zeros((6, 16, 16, 1), np.uint8), nrow=3, scale=6).size
     with Image.open(gif) as animation:
@@ -301,17 +362,33 @@ def test_concurrent_users_queue_and_all_get_their_images(server):
     assert [s.endswith(f"seed {seed}") for seed, s in enumerate(summaries)] == [True] * 4
 
 
-def test_out_of_range_values_from_the_page_are_a_message_not_a_traceback(server):
+def test_out_of_range_values_from_the_page_are_a_message_not_a_traceback(server, capfd):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    # the sliders' own bounds (Gradio's message) and ours (a class the run does not have) both reach the page
-    with pytest.raises(Exception, match="greater than maximum value 20"):
+    capfd.readouterr()
+    # the sliders' own bounds (Gradio's check, renamed) and ours (a class the run does not have) reach the page
+    with pytest.raises(Exception, match="Guidance w: must be between 0 and 20, got 50"):
         client.predict("ddim", 4, 0.0, 1, 6, "3", 50.0, api_name="/generate")
-    with pytest.raises(Exception, match="unknown class 'eleven'|eleven"):
+    with pytest.raises(Exception, match="Class: unknown class 'eleven'"):
         client.predict("ddim", 4, 0.0, 1, 6, "eleven", 2.0, api_name="/generate")
     summary = client.predict("ddim", 2, 0.0, 1, 2, "3", 2.0, api_name="/generate")[1]
     assert "2 images in" in summary  # and the server still serves
+    console = capfd.readouterr().err
+    assert "Traceback" not in console  # an ordinary validation error is one line on the console, not a page
+    assert "ddpmkit demo: Guidance w: must be between 0 and 20, got 50\n" in console
+    assert "ddpmkit demo: Class: unknown class 'eleven'" in console
+
+
+def test_the_frame_image_is_the_new_requests_even_at_the_same_step_count(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    first = client.predict("ddim", 3, 0.0, 1, 4, "3", 2.0, api_name="/generate")
+    second = client.predict("ddim", 3, 0.0, 2, 4, "3", 2.0, api_name="/generate")
+    with Image.open(first[-1]) as a, Image.open(second[-1]) as b, Image.open(second[0]) as grid:
+        assert not np.array_equal(np.asarray(a), np.asarray(b))  # not the previous request's digits
+        assert np.array_equal(np.asarray(b), np.asarray(grid))  # the last step: the result itself
 
 
 def test_stop_cancels_a_running_request_and_frees_the_model(server):
@@ -377,5 +454,73 @@ def test_in_a_browser_generate_shows_images_and_the_time(server):
         images = browser.find_elements(By.CSS_SELECTOR, "#grid img")
         assert images and images[0].get_attribute("naturalWidth") not in (None, "0")
         assert time.perf_counter() - start < 120
+    finally:
+        browser.quit()
+
+
+def _open_edit_tab(browser, server: str, sub_tab: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "generate").is_enabled())
+    for name in ("Edit", sub_tab):
+        tab = next(e for e in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if e.text.strip() == name)
+        tab.click()
+    WebDriverWait(browser, 30).until(lambda b: any(c.is_displayed() for c in b.find_elements(
+        By.CSS_SELECTOR, f"#{'sketch' if sub_tab.startswith('Sketch') else 'mask-editor'} canvas")))
+
+
+def _draw(browser, elem_id: str) -> None:
+    """Pick the editor's brush and draw two strokes (a 7) on its canvas with the mouse."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.CSS_SELECTOR, f"#{elem_id} button[aria-label='Brush']").click()
+    canvas = next(c for c in browser.find_elements(By.CSS_SELECTOR, f"#{elem_id} canvas") if c.is_displayed())
+    strokes = ActionChains(browser).move_to_element_with_offset(canvas, -60, -70).click_and_hold()
+    for dx, dy in ((40, 0), (40, 0), (30, 0), (-20, 50), (-20, 50), (-15, 40)):
+        strokes = strokes.move_by_offset(dx, dy)
+    strokes.release().perform()
+
+
+def _wait_for_result(browser, timing_id: str, image_id: str) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 120).until(lambda b: "model evaluations" in b.find_element(By.ID, timing_id).text)
+    images = browser.find_elements(By.CSS_SELECTOR, f"#{image_id} img")
+    assert images and images[0].get_attribute("naturalWidth") not in (None, "0")
+    return browser.find_element(By.ID, timing_id).text
+
+
+def test_in_a_browser_a_sketch_becomes_samples(server):
+    from selenium.webdriver.common.by import By
+
+    browser = _chrome()
+    try:
+        _open_edit_tab(browser, server, "Sketch → samples")
+        _draw(browser, "sketch")
+        browser.find_element(By.ID, "img2img").click()
+        timing = _wait_for_result(browser, "sketch-timing", "sketch-result")
+        assert "img2img at strength 0.6: 4 images in" in timing and "unconditional" in timing, timing
+        shown = browser.find_elements(By.CSS_SELECTOR, "#sketch-input img")  # the input beside the result
+        assert shown and shown[0].get_attribute("naturalWidth") not in (None, "0")
+    finally:
+        browser.quit()
+
+
+def test_in_a_browser_a_painted_mask_is_inpainted(server):
+    from selenium.webdriver.common.by import By
+
+    browser = _chrome()
+    try:
+        _open_edit_tab(browser, server, "Inpaint")
+        browser.find_element(By.ID, "load-source").click()  # a fresh sample, the default source
+        time.sleep(2.0)  # the sample drawn as the editor's background
+        _draw(browser, "mask-editor")
+        browser.find_element(By.ID, "inpaint").click()
+        timing = _wait_for_result(browser, "inpaint-timing", "inpaint-result")
+        assert "inpainting (plain replacement): 4 images in" in timing, timing
     finally:
         browser.quit()

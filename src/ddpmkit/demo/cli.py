@@ -13,15 +13,19 @@ def _parser():
 
     p = OneLineParser(prog="ddpmkit demo",
                       description="Serve a Gradio app for a trained run: generate with any sampler (and class and "
-                                  "guidance on a conditional run), watch the denoising, and look inside the forward "
-                                  "process. Needs the demo extra: pip install 'ddpmkit[demo]'.")
+                                  "guidance on a conditional run), watch the denoising, turn a sketch into samples, "
+                                  "inpaint, and look inside the forward process. Needs the demo extra: "
+                                  "pip install 'ddpmkit[demo]'.")
     p.add_argument("run", help="run folder or checkpoint folder")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to your network)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="the model's arithmetic: auto (default: bf16 where the hardware runs it natively, fp16 on "
+                        "an older CUDA GPU, else fp32), bf16, fp16 (GPU only) or fp32")
     return p
 
 

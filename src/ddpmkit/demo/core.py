@@ -1,11 +1,13 @@
-"""What the demo computes, without Gradio: checked requests, sampling with previews and cancellation, a look
-inside the forward process, and the schedule plots. The app (``app.py``) only lays these out.
+"""What the demo computes, without Gradio: checked requests, sampling and editing (img2img from a sketch,
+inpainting) with previews, progress and cancellation, a look inside the forward process, and the schedule plots.
+The app (``app.py``) only lays these out.
 
 Everything here is plain Python over a :class:`~ddpmkit.pipeline.Pipeline`, so it is tested directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import queue
 import tempfile
@@ -20,17 +22,22 @@ import torch
 from PIL import Image
 
 from ..data.image_array import to_model_range
+from ..editing.inputs import as_model_images
 from ..errors import DdpmkitError
 from ..pipeline import Pipeline
 from ..request import SampleRequest
-from ..sampling import SAMPLERS, SamplerStep
+from ..sampling import SAMPLER_REGISTRY, SAMPLERS, SamplerStep
 from ..schedule import NoiseSchedule
 from ..viz import grid_image, save_gif, to_uint8
+from .canvas import check_mask_area, dark_background, enlarge, mask_from_layers, sketch_to_image
 
 MAX_IMAGES = 64  # a grid a browser shows at once; more is `ddpmkit sample`'s job
 MAX_GUIDANCE = 20.0
 MAX_SEED = 2**31 - 1
 ALL_CLASSES = "one of each class"  # the label choice that cycles through the classes
+NO_CLASS = "none (unconditional)"  # the Edit tab's label choice: keep what the image is
+MAX_RESAMPLE = 10  # RePaint's resampling: each costs another pass over the steps
+SOURCES = ("generated (the Generate tab's last images)", "fresh sample", "data set image")
 FAST_SAMPLER = "unipc"  # the demo's default: DDIM-50's quality within 5% in 10 model evaluations (README)
 
 
@@ -38,19 +45,51 @@ class Cancelled(Exception):
     """Raised inside the sampler loop when the user cancelled the request."""
 
 
+def _duration(seconds: float) -> str:
+    """A time for people: "4.2 s", "3 min 10 s", "1 h 5 min"."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
 @dataclass
 class Preview:
-    """The picture while sampling: the model's current x̂_0 for every image, after step ``i + 1`` of ``num_steps``."""
+    """Sampling under way: step ``step`` of ``num_steps`` done, ``seconds`` after the first model evaluation began
+    (``first_seconds`` of them in step 1, which carries the warm-up). ``grid`` is the model's current x̂_0 for
+    every image, or None: the pictures are sparser than the progress updates."""
 
     step: int
     num_steps: int
-    grid: Image.Image
+    grid: Image.Image | None
+    seconds: float = 0.0
+    first_seconds: float = 0.0
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left, at the pace of the steps after the first (the first alone until there are others)."""
+        if self.step > 1:
+            pace = (self.seconds - self.first_seconds) / (self.step - 1)
+        else:
+            pace = self.seconds / max(self.step, 1)
+        return max(pace, 0.0) * (self.num_steps - self.step)
+
+    @property
+    def left(self) -> str:
+        return f"about {_duration(self.remaining)} left"
+
+    @property
+    def text(self) -> str:
+        return f"step {self.step} of {self.num_steps} · {_duration(self.seconds)} so far · {self.left}"
 
 
 @dataclass
 class GenerateResult:
-    """A finished request: the grid, the denoising frames (x_t after each step, then the result), an animated
-    GIF of them, the wall time and the number of model evaluations (a guided step is one batched evaluation)."""
+    """A finished request: the grid, the images (uint8 (N, H, W, C)), the denoising frames (x_t after each step,
+    then the result), an animated GIF of them, the wall time, the number of model evaluations (a guided step is one
+    batched evaluation) and what the images are of (a class, one of each class, or unconditional)."""
 
     grid: Image.Image
     frames: list[Image.Image]
@@ -58,13 +97,57 @@ class GenerateResult:
     seconds: float
     nfe: int
     request: SampleRequest = field(repr=False)
+    images: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 1, 1, 1), np.uint8))
+    classes: str = "unconditional"
 
     @property
     def summary(self) -> str:
         r = self.request
         guided = f", guidance {r.guidance:g}" if r.guidance not in (None, 1.0) else ""
-        return (f"{r.num} images in {self.seconds:.2f} s · {self.nfe} model evaluations · {r.sampler}, "
-                f"{r.steps} steps{guided}, seed {r.seed}")
+        return (f"{r.num} images in {self.seconds:.2f} s · {self.classes} · {self.nfe} model evaluations · "
+                f"{r.sampler}, {r.steps} steps{guided}, seed {r.seed}")
+
+    def frame(self, i: float) -> Image.Image:
+        """The frame at slider position ``i``, clamped to this result's frames."""
+        return self.frames[min(max(int(i), 0), len(self.frames) - 1)]
+
+
+@dataclass
+class EditJob:
+    """A checked edit of one image (uint8 (H, W, C) at the run's size): "img2img" at ``strength``, or "inpaint"
+    where ``mask`` is 1 with RePaint's ``resample`` and ``jump_length``; ``request`` is resolved for the edit."""
+
+    kind: str
+    image: np.ndarray
+    request: SampleRequest
+    strength: float = 1.0
+    mask: np.ndarray | None = None
+    resample: int = 1
+    jump_length: int = 10
+
+
+@dataclass
+class EditResult:
+    """A finished edit: the results' grid and images, the input (and the mask, white = repainted) as pictures,
+    the wall time and the model evaluations."""
+
+    grid: Image.Image
+    images: np.ndarray
+    input: Image.Image
+    mask: Image.Image | None
+    seconds: float
+    nfe: int
+    job: EditJob = field(repr=False)
+    classes: str = "unconditional"
+
+    @property
+    def summary(self) -> str:
+        j, r = self.job, self.job.request
+        jumps = "plain replacement" if j.resample == 1 else f"resample {j.resample}, jump length {j.jump_length}"
+        how = f"img2img at strength {j.strength:g}" if j.kind == "img2img" else f"inpainting ({jumps})"
+        guided = f", guidance {r.guidance:g}" if r.guidance not in (None, 0.0, 1.0) else ""
+        return (f"{how}: {r.num} images in {self.seconds:.2f} s · {self.classes} · {self.nfe} model evaluations · "
+                f"{r.sampler}, {r.steps} steps{guided}, seed {r.seed}")
 
 
 @dataclass
@@ -84,16 +167,23 @@ def _number(value: object, what: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise DdpmkitError(f"{what} must be a number, got {value!r}") from None
+        raise DdpmkitError(f"{what}: must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise DdpmkitError(f"{what} must be a finite number, got {value!r}")
+        raise DdpmkitError(f"{what}: must be a finite number, got {value!r}")
+    return number
+
+
+def _between(value: object, what: str, low: float, high: float) -> float:
+    number = _number(value, what)
+    if not low <= number <= high:
+        raise DdpmkitError(f"{what}: must be between {low:g} and {high:g}, got {number:g}")
     return number
 
 
 def _integer(value: object, what: str, low: int, high: int) -> int:
     number = _number(value, what)
     if number != int(number) or not low <= number <= high:
-        raise DdpmkitError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
+        raise DdpmkitError(f"{what}: must be a whole number from {low} to {high}, got {value!r}")
     return int(number)
 
 
@@ -106,6 +196,8 @@ class DemoModel:
         self.data_spec = data_spec if data_spec is not None else pipe.info.data_name
         self.lock = threading.Lock()
         self._data = None
+        self._dark: bool | None = None
+        self._test = None
         self._tmp = Path(tempfile.mkdtemp(prefix="ddpmkit-demo-"))
 
     @classmethod
@@ -143,25 +235,28 @@ class DemoModel:
 
     # ----- Generate tab ---------------------------------------------------------------------------------------
 
+    def _request(self, sampler: object, steps: object, eta: object, seed: object, num: object, label: object,
+                 guidance: object, edit: bool) -> SampleRequest:
+        """The widgets' values as an unresolved request; every message names its control."""
+        if sampler not in SAMPLERS:
+            raise DdpmkitError(f"Sampler: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        num_ = _integer(num, "Images", 1, MAX_IMAGES)
+        steps_ = _integer(steps, "Steps", 1, self.num_steps)
+        eta_ = _between(eta, "η", 0.0, 1.0)
+        seed_ = _integer(seed, "Seed", 0, MAX_SEED)
+        labels, guidance_ = None, None
+        if self.class_names and not (edit and label == NO_CLASS):
+            labels = self._labels(label, num_)
+            guidance_ = _between(1.0 if guidance is None else guidance, "Guidance", 0.0, MAX_GUIDANCE)
+        return SampleRequest(num=num_, sampler=str(sampler), steps=steps_, eta=eta_, seed=seed_, labels=labels,
+                             guidance=guidance_)
+
     def check(self, sampler: object, steps: object, eta: object, seed: object, num: object,
               label: object = None, guidance: object = None) -> SampleRequest:
         """The UI's values (strings and floats from the widgets) as a resolved :class:`SampleRequest`: anything out
-        of the widgets' range is refused with a message naming the limits, the rest as the request checks it."""
-        if sampler not in SAMPLERS:
-            raise DdpmkitError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        num_ = _integer(num, "the number of images", 1, MAX_IMAGES)
-        steps_ = _integer(steps, "steps", 1, self.num_steps)
-        eta_ = _number(eta, "eta")
-        seed_ = _integer(seed, "the seed", 0, MAX_SEED)
-        labels, guidance_ = None, None
-        if self.class_names:
-            labels = self._labels(label, num_)
-            guidance_ = _number(1.0 if guidance is None else guidance, "guidance")
-            if not 0.0 <= guidance_ <= MAX_GUIDANCE:
-                raise DdpmkitError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {guidance_:g}")
-        request = SampleRequest(num=num_, sampler=str(sampler), steps=steps_, eta=eta_, seed=seed_, labels=labels,
-                                guidance=guidance_)
-        return self.pipe.resolve(request)
+        of the widgets' range is refused with a message naming the control and its limits, the rest as the request
+        checks it."""
+        return self.pipe.resolve(self._request(sampler, steps, eta, seed, num, label, guidance, edit=False))
 
     def _labels(self, label: object, num: int) -> list[int]:
         names = self.class_names
@@ -169,7 +264,20 @@ class DemoModel:
             return [i % len(names) for i in range(num)]
         if label in names:
             return [names.index(label)] * num
-        raise DdpmkitError(f"unknown class {label!r}; choose one of {', '.join(names)} or '{ALL_CLASSES}'")
+        raise DdpmkitError(f"Class: unknown class {label!r}; choose one of {', '.join(names)} or '{ALL_CLASSES}'")
+
+    def classes(self, request: SampleRequest) -> str:
+        """What a resolved request draws, in words: "class 3", "one of each class", "classes 1, 4" or
+        "unconditional" (an unconditional run, or guidance 0: the null label)."""
+        names = self.class_names
+        if not names or request.labels is None or request.guidance == 0:
+            return "unconditional"
+        labels = list(request.labels) * (request.num if len(request.labels) == 1 else 1)
+        if len(set(labels)) == 1:
+            return f"class {names[labels[0]]}"
+        if labels == [i % len(names) for i in range(len(labels))]:
+            return ALL_CLASSES
+        return "classes " + ", ".join(names[i] for i in labels)
 
     def _scale(self) -> int:
         return max(1, 96 // self.pipe.image_shape[1])
@@ -177,19 +285,18 @@ class DemoModel:
     def grid(self, images: torch.Tensor | np.ndarray, num: int) -> Image.Image:
         return grid_image(images, nrow=math.ceil(math.sqrt(num)), scale=self._scale())
 
-    def generate(self, request: SampleRequest, on_step: Callable[[SamplerStep], None] | None = None,
-                 cancel: threading.Event | None = None) -> GenerateResult:
-        """Sample ``request``: every step is recorded for the animation and passed to ``on_step``; a set
-        ``cancel`` stops the loop at the next step (raising :class:`Cancelled`)."""
-        frames: list[Image.Image] = []
+    def _timed(self, run: Callable[[Callable[[SamplerStep], None]], np.ndarray],
+               on_step: Callable[[SamplerStep, float], None] | None,
+               cancel: threading.Event | None) -> tuple[np.ndarray, float, int]:
+        """``run(callback)`` under the lock: its images, wall time and model evaluations. The callback checks
+        ``cancel`` (raising :class:`Cancelled`) and passes each step with the seconds since sampling began."""
         calls = [0]
 
-        def record(step: SamplerStep) -> None:
+        def callback(step: SamplerStep) -> None:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
-            frames.append(self.grid(step.x.clamp(-1, 1).cpu(), request.num))
             if on_step is not None:
-                on_step(step)
+                on_step(step, time.perf_counter() - start)
 
         def count(*_: object) -> None:
             calls[0] += 1
@@ -198,20 +305,42 @@ class DemoModel:
             hook = self.pipe.model.register_forward_hook(count)
             try:
                 start = time.perf_counter()
-                images = self.pipe.generate(request, callback=record)
+                images = run(callback)
                 seconds = time.perf_counter() - start
             finally:
                 hook.remove()
+        return images, seconds, calls[0]
+
+    def generate(self, request: SampleRequest, on_step: Callable[[SamplerStep, float], None] | None = None,
+                 cancel: threading.Event | None = None) -> GenerateResult:
+        """Sample ``request``: every step is recorded for the animation and passed to ``on_step`` (with the
+        seconds since sampling began); a set ``cancel`` stops the loop at the next step (raising
+        :class:`Cancelled`)."""
+        frames: list[Image.Image] = []
+
+        def record(step: SamplerStep, seconds: float) -> None:
+            frames.append(self.grid(step.x.clamp(-1, 1).cpu(), request.num))
+            if on_step is not None:
+                on_step(step, seconds)
+
+        images, seconds, nfe = self._timed(lambda callback: self.pipe.generate(request, callback=callback),
+                                           record, cancel)
         grid = self.grid(images, request.num)
         frames.append(grid)
         gif = save_gif([np.asarray(f) for f in frames], self._tmp / f"denoising-{time.monotonic_ns()}.gif",
                        duration_ms=max(40, 2000 // len(frames)), scale=1)
-        return GenerateResult(grid, frames, gif, seconds, calls[0], request)
+        return GenerateResult(grid, frames, gif, seconds, nfe, request, images, self.classes(request))
 
-    def stream(self, request: SampleRequest, preview_every: int = 1, heartbeat: float = 0.25,
-               cancel: threading.Event | None = None) -> Iterator[Preview | GenerateResult | None]:
-        """Sample in a worker thread and yield a :class:`Preview` after steps, then the :class:`GenerateResult`;
-        ``None`` when ``heartbeat`` seconds pass without either.
+    def stream(self, work: SampleRequest | EditJob, preview_seconds: float = 1.0, update_seconds: float = 0.1,
+               heartbeat: float = 0.25, cancel: threading.Event | None = None,
+               ) -> Iterator[Preview | GenerateResult | EditResult | None]:
+        """Sample (a request) or edit (a job) in a worker thread; yield a :class:`Preview` as steps finish, then
+        the result; ``None`` when ``heartbeat`` seconds pass without either.
+
+        Progress starts at the first step and comes at most every ``update_seconds`` (a long DDPM run shows it
+        from the start, with an estimate of the time left); a picture of x̂_0 comes with step 1 and then at most
+        every ``preview_seconds`` (each is a PNG the browser fetches, which costs sampling time on a CPU). When
+        the consumer falls behind, the updates waiting are merged into one (the newest step, the newest picture).
 
         Closing the iterator (the app does when the user presses Stop or leaves) cancels the sampling at its next
         step. A server can only close it between items, hence the heartbeat: Stop takes effect within
@@ -220,34 +349,161 @@ class DemoModel:
         """
         updates: queue.Queue = queue.Queue()
         cancel = cancel if cancel is not None else threading.Event()
+        num = work.num if isinstance(work, SampleRequest) else work.request.num
+        last = {"update": -math.inf, "picture": -math.inf, "first": 0.0}
 
-        def on_step(step: SamplerStep) -> None:
-            if (step.i + 1) % preview_every == 0 and step.i + 1 < step.num_steps:
-                updates.put(Preview(step.i + 1, step.num_steps, self.grid(step.x0.clamp(-1, 1).cpu(), request.num)))
+        def on_step(step: SamplerStep, seconds: float) -> None:
+            done = step.i + 1
+            if done == 1:
+                last["first"] = seconds
+            if done >= step.num_steps or (done > 1 and seconds - last["update"] < update_seconds):
+                return
+            grid = None
+            if done == 1 or seconds - last["picture"] >= preview_seconds:
+                grid = self.grid(step.x0.clamp(-1, 1).cpu(), num)
+                last["picture"] = seconds
+            last["update"] = seconds
+            updates.put(Preview(done, step.num_steps, grid, seconds, last["first"]))
 
-        def work() -> None:
+        def work_() -> None:
             try:
-                updates.put(self.generate(request, on_step=on_step, cancel=cancel))
+                if isinstance(work, SampleRequest):
+                    updates.put(self.generate(work, on_step=on_step, cancel=cancel))
+                else:
+                    updates.put(self.edit(work, on_step=on_step, cancel=cancel))
             except BaseException as exc:  # handed to the consumer, raised there
                 updates.put(exc)
 
-        worker = threading.Thread(target=work, name="ddpmkit-demo-sampler", daemon=True)
+        worker = threading.Thread(target=work_, name="ddpmkit-demo-sampler", daemon=True)
         worker.start()
         try:
             while True:
                 try:
-                    item = updates.get(timeout=heartbeat)
+                    items = [updates.get(timeout=heartbeat)]
                 except queue.Empty:
                     yield None
                     continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, GenerateResult):
-                    return
+                while not updates.empty():
+                    items.append(updates.get_nowait())
+                previews = [item for item in items if isinstance(item, Preview)]
+                if previews:
+                    pictures = [p.grid for p in previews if p.grid is not None]
+                    yield dataclasses.replace(previews[-1], grid=pictures[-1] if pictures else None)
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                    if not isinstance(item, Preview):
+                        yield item
+                        return
         finally:
             cancel.set()
             worker.join()
+
+    # ----- Edit tab -------------------------------------------------------------------------------------------
+
+    def dark_background(self) -> bool:
+        """Whether the run draws light on dark (MNIST's white digits on black), from the border pixels of its
+        data set's first 256 images; a run whose data set cannot be loaded is judged by 4 of its own samples."""
+        if self._dark is None:
+            try:
+                images = self.data().images[:256]
+            except DdpmkitError:
+                request = self.check(FAST_SAMPLER, self.default_steps(FAST_SAMPLER), 0.0, 0, 4)
+                with self.lock:
+                    images = self.pipe.generate(request)
+            self._dark = dark_background(np.asarray(images))
+        return self._dark
+
+    def sketch_input(self, sketch: object) -> np.ndarray:
+        """A sketch pad's value as the model's input: uint8 (H, W, C) at the run's size and channels, inverted
+        when the sketch's background and the run's differ (see :mod:`ddpmkit.demo.canvas`)."""
+        c, size, _ = self.pipe.image_shape
+        return sketch_to_image(sketch, size, c, self.dark_background())
+
+    def _edit_request(self, image: np.ndarray, controls: tuple) -> SampleRequest:
+        c, size, _ = self.pipe.image_shape
+        request = self._request(*controls, edit=True)
+        return self.pipe.edit_request(request, as_model_images(image, c, size, "Source image"))
+
+    def check_img2img(self, sketch: object, strength: object, sampler: object, steps: object, eta: object,
+                      seed: object, num: object, label: object = NO_CLASS, guidance: object = None) -> EditJob:
+        """The Sketch controls as an img2img job (``label`` a class name or :data:`NO_CLASS`); one-line errors
+        naming the control."""
+        strength_ = _between(strength, "Strength", 0.0, 1.0)
+        image = self.sketch_input(sketch)
+        request = self._edit_request(image, (sampler, steps, eta, seed, num, label, guidance))
+        return EditJob("img2img", image, request, strength=strength_)
+
+    def check_inpaint(self, image: object, editor: object, resample: object, jump_length: object, sampler: object,
+                      steps: object, eta: object, seed: object, num: object, label: object = NO_CLASS,
+                      guidance: object = None) -> EditJob:
+        """The Inpaint controls as a job: ``image`` the source (uint8 (H, W, C) at the run's size, from
+        :meth:`source_image`), the mask from the editor's painted layers; one-line errors naming the control."""
+        if image is None:
+            raise DdpmkitError("Source image: none loaded; pick a source and press Load first")
+        source = np.asarray(image, dtype=np.uint8)
+        mask = check_mask_area(mask_from_layers(editor, self.pipe.image_shape[1]))
+        resample_ = _integer(resample, "Resample", 1, MAX_RESAMPLE)
+        jump = _integer(jump_length, "Jump length", 1, self.num_steps)
+        if resample_ > 1 and sampler in SAMPLER_REGISTRY and SAMPLER_REGISTRY[sampler].multistep:
+            one_step = ", ".join(name for name, spec in SAMPLER_REGISTRY.items() if not spec.multistep)
+            raise DdpmkitError(f"Resample: RePaint's jumps need a one-step sampler ({one_step}); {sampler} remembers "
+                               "earlier steps, so set resample to 1 or pick another sampler")
+        request = self._edit_request(source, (sampler, steps, eta, seed, num, label, guidance))
+        return EditJob("inpaint", source, request, mask=mask, resample=resample_, jump_length=jump)
+
+    def edit(self, job: EditJob, on_step: Callable[[SamplerStep, float], None] | None = None,
+             cancel: threading.Event | None = None) -> EditResult:
+        """Run ``job`` through the pipeline's img2img or inpaint, each step passed to ``on_step`` (with the
+        seconds since it began); a set ``cancel`` stops it at the next step (raising :class:`Cancelled`)."""
+        def run(callback: Callable[[SamplerStep], None]) -> np.ndarray:
+            if job.kind == "img2img":
+                return self.pipe.img2img(job.image, job.strength, job.request, callback=callback)
+            return self.pipe.inpaint(job.image, job.mask, job.request, jump_length=job.jump_length,
+                                     resample=job.resample, callback=callback)
+
+        images, seconds, nfe = self._timed(run, on_step, cancel)
+        mask = None if job.mask is None else self.picture(job.mask[..., None] * 255)
+        return EditResult(self.grid(images, job.request.num), images, self.picture(job.image), mask, seconds, nfe,
+                          job, self.classes(job.request))
+
+    def picture(self, image: np.ndarray) -> Image.Image:
+        """One uint8 (H, W, C) image, enlarged as the grids are."""
+        return grid_image(np.asarray(image, dtype=np.uint8)[None], nrow=1, padding=0, scale=self._scale())
+
+    def source_image(self, source: object, index: object, generated: np.ndarray | None = None) -> np.ndarray:
+        """An image to inpaint, uint8 (H, W, C) at the run's size: image ``index`` of ``generated`` (the Generate
+        tab's last images), a fresh sample (``index`` is its seed), or image ``index`` of the data set's test
+        split (its training split when it has no test split)."""
+        if source == SOURCES[0]:
+            if generated is None or len(generated) == 0:
+                raise DdpmkitError("Image #: the Generate tab has no images yet; generate some first, or pick "
+                                   "another source")
+            return np.asarray(generated[_integer(index, "Image #", 0, len(generated) - 1)])
+        if source == SOURCES[1]:
+            request = self.check(FAST_SAMPLER, self.default_steps(FAST_SAMPLER), 0.0, index, 1)
+            with self.lock:
+                return self.pipe.generate(request)[0]
+        if source == SOURCES[2]:
+            data = self._test_data()
+            return data.images[_integer(index, "Image #", 0, len(data) - 1)]
+        raise DdpmkitError(f"Source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+
+    def _test_data(self):
+        """The data set's test images at the run's size (loaded once)."""
+        from ..data import available_splits, load_dataset
+
+        if not self.data_spec:
+            raise DdpmkitError("Source: this checkpoint does not name its data set; pick a generated image")
+        if self._test is None:
+            split = "test" if "test" in available_splits(self.data_spec) else "train"
+            self._test = load_dataset(self.data_spec, split, image_size=self.pipe.image_shape[1], progress=False)
+        return self._test
+
+    def editor_value(self, image: np.ndarray) -> dict:
+        """An image editor's starting value: ``image`` enlarged as its background, nothing painted yet."""
+        big = enlarge(image)
+        return {"background": big, "layers": [], "composite": big}
 
     # ----- Learn tab ------------------------------------------------------------------------------------------
 
@@ -255,7 +511,8 @@ class DemoModel:
         """The run's training images (loaded once, at the run's size)."""
         if self._data is None:
             if not self.data_spec:
-                raise DdpmkitError("this checkpoint does not name its data set, so the Learn tab has no images")
+                raise DdpmkitError("Training image #: this checkpoint does not name its data set, so the Learn tab "
+                                   "has no images")
             self._data = _load_images(self.data_spec, self.pipe.image_shape[1])
         return self._data
 
@@ -263,9 +520,9 @@ class DemoModel:
         """Noise training image ``index`` to step ``t`` (x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, ε from ``seed``) and show
         what the model makes of x_t: its x̂_0 and ε̂ (with the image's label on a conditional run)."""
         data = self.data()
-        i = _integer(index, "the image index", 0, len(data) - 1)
+        i = _integer(index, "Training image #", 0, len(data) - 1)
         t_ = _integer(t, "t", 0, self.num_steps - 1)
-        seed_ = _integer(seed, "the seed", 0, MAX_SEED)
+        seed_ = _integer(seed, "Noise seed", 0, MAX_SEED)
         diffusion, device = self.pipe.diffusion, self.pipe.device
         x0 = to_model_range(data.images[i:i + 1])
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed_))
@@ -302,19 +559,22 @@ def _load_images(spec: str, image_size: int):
 
 
 def schedule_figure(schedule: NoiseSchedule):
-    """A matplotlib Figure (no pyplot: safe in the server's threads) with three panels over t/T."""
+    """A matplotlib Figure (no pyplot: safe in the server's threads) with three panels over t/T: the run's schedule
+    and the common ones at the same T, less the one the run's schedule is (it would hide under the run's curve)."""
     from matplotlib.figure import Figure
 
     T = schedule.num_steps
     curves = {f"this run ({schedule.kind})": schedule}
     for kind in ("linear", "cosine", "sigmoid"):
-        curves[kind] = NoiseSchedule.from_name(kind, T)
+        common = NoiseSchedule.from_name(kind, T)
+        if not np.allclose(common.alphas_cumprod.numpy(), schedule.alphas_cumprod.numpy()):
+            curves[kind] = common
     fig = Figure(figsize=(10, 3.2), layout="constrained")
     axes = fig.subplots(1, 3)
-    for (name, s), style in zip(curves.items(), ("-", "--", "--", "--")):
+    for i, (name, s) in enumerate(curves.items()):
         t = np.arange(T)
         ac = s.alphas_cumprod.numpy()
-        width = 2.5 if style == "-" else 1.2
+        style, width = ("-", 2.5) if i == 0 else ("--", 1.2)
         axes[0].plot(t, s.betas.numpy(), style, lw=width, label=name)
         axes[1].plot(t, ac, style, lw=width, label=name)
         axes[2].plot(t, np.log(ac / np.maximum(1 - ac, 1e-20)), style, lw=width, label=name)
