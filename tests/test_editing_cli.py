@@ -84,3 +84,17 @@ def test_bad_edit_input_is_one_line_and_writes_nothing(run, tmp_path, size, caps
         assert len(err.splitlines()) == 1 and err.startswith("ddpmkit: error: "), err
         assert message in err, (argv, err)
         assert not out.exists()
+
+
+def test_edits_take_a_lora_adapter(run, tmp_path):
+    """``--lora`` reaches the edit: the same inpainting (seed, steps) with and without an adapter differs."""
+    adapter = tmp_path / "adapter"
+    assert main(["lora", str(run), "--out", str(adapter), "--steps", "8", "--rank", "2", "--lr", "0.05",
+                 "--targets", "attn,conv", "--no-progress", "--device", "cpu"]) == 0
+    grids = []
+    for extra in ([], ["--lora", str(adapter)]):
+        out = tmp_path / f"inpaint{len(extra)}.png"
+        assert main(["inpaint", str(run), "--image", "digits:train:3", "--mask", "lower-half", "--num", "2",
+                     "--steps", "4", "--out", str(out), "--device", "cpu", *extra]) == 0
+        grids.append(np.asarray(Image.open(out)))
+    assert not np.array_equal(grids[0], grids[1])
