@@ -34,7 +34,8 @@ from ddpmkit.training.ema import EMA
 from ddpmkit.training.hooks import Hook
 from ddpmkit.viz import to_uint8
 
-# How every comparison trains: no grids, checkpoints or TensorBoard (the hook below is the only one), fp32.
+# How every comparison trains: no grids, checkpoints or TensorBoard (the hook below is the only one), fp32 (a
+# candidate's own overrides come after these, so one that names its precision gets it).
 QUIET = ["train.tensorboard=false", "train.precision=fp32"]
 
 
@@ -50,7 +51,7 @@ class Candidate:
 
     def config(self, steps: int | None = None, device: str = "cpu") -> RunConfig:
         config = load_preset(self.preset)
-        config.override(self.overrides + QUIET + [f"train.device={device}"]
+        config.override(QUIET + self.overrides + [f"train.device={device}"]
                         + ([f"train.steps={steps}", "train.epochs=null"] if steps else []))
         config.model.overrides = {**config.model.overrides, **self.model_overrides}
         return config

@@ -99,6 +99,13 @@ def make_broken_inputs(root: Path, checkpoint: Path) -> None:
     (root / "huge" / "big.png").write_bytes(png(14000, 14000, zlib.compress(b"")))
     (root / "corrupt").mkdir()  # a valid header over data that is not zlib
     (root / "corrupt" / "bad.png").write_bytes(png(16, 16, b"not zlib data at all"))
+    from PIL import Image
+
+    (root / "edit").mkdir()  # images and masks for the editing commands, beside the 16x16 grey run
+    for name, value, side in (("grey", 0, 16), ("small", 0, 8), ("soft", 128, 16), ("empty", 0, 16),
+                              ("full", 255, 16)):
+        Image.new("L", (side, side), value).save(root / "edit" / f"{name}.png")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(root / "edit" / "red.png")
     datasets = root / "badcache" / "datasets"
     datasets.mkdir(parents=True)
     shutil.copy(cached_path("digits"), datasets / "digits.npz")
@@ -254,6 +261,29 @@ CASES = [
     (["demo", RUN, "--host", "192.0.2.1"], "cannot serve on 192.0.2.1"),
     (["demo", RUN, "--precision", "fp8"], "invalid choice: 'fp8'"),
     (["demo"], "the following arguments are required: run"),
+    # editing: inpaint, img2img, interpolate (all checked before the weights are read)
+    (["img2img", RUN, "--image", "{root}/edit/grey.png", "--strength", "1.5"], "--strength must be in [0, 1]"),
+    (["img2img", RUN, "--image", "{root}/edit/small.png", "--strength", "0.5"], "is 8×8 but the run draws 16×16"),
+    (["img2img", RUN, "--image", "{root}/edit/red.png", "--strength", "0.5"], "is in colour but the run draws grey"),
+    (["img2img", RUN, "--image", "{root}/afile", "--strength", "0.5"], "is not an image Pillow can read"),
+    (["img2img", RUN, "--image", "digits:train:x", "--strength", "0.5"], "the index must be a whole number"),
+    (["img2img", RUN, "--image", "{root}/edit/grey.png"], "the following arguments are required: --strength"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "{root}/edit/small.png"],
+     "draw the mask at the image's size"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "{root}/edit/soft.png"],
+     "--mask is not binary (it has grey pixels"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "{root}/edit/empty.png"], "the mask is empty"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "{root}/edit/full.png"],
+     "the mask covers the whole image"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "center", "--sampler", "dpm++2m", "--resample",
+      "5"], "needs a one-step sampler"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "center", "--jump-length", "0"],
+     "the jump length must be a whole number >= 1"),
+    (["inpaint", RUN, "--image", "{root}/edit/grey.png", "--mask", "center", "--label", "3"],
+     "is an unconditional run: --label needs a class-conditional model"),
+    (["interpolate", RUN, "--image", "{root}/edit/grey.png"], "give --image twice"),
+    (["interpolate", RUN, "--image", "{root}/edit/grey.png", "--image", "digits:train:1", "--sampler", "ddpm"],
+     "interpolation inverts and draws with DDIM"),
     # presets and the command itself
     (["presets", "extra"], "unrecognized arguments: extra"),
     (["nonsense"], "invalid choice: 'nonsense'"),

@@ -87,3 +87,34 @@ def test_draw_gives_a_conditional_model_class_balanced_labels(monkeypatch):
     seen.clear()
     harness.draw(UNet(UNetConfig(**small)), None, 2, "ddpm", 5)
     assert seen == [None]
+
+
+def test_editing_benchmark_smoke(tmp_path):
+    """benchmarks/editing.py on a 2-step MNIST run: every part writes its rows (classifier metrics only)."""
+    from ddpmkit.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--set", "data.image_size=28", "--steps", "2", "--out", str(run),
+                 "--no-progress", "--device", "cpu"]) == 0
+    out = tmp_path / "editing.json"
+    _run("editing.py", str(run), "--num", "10", "--invert-num", "2", "--invert-steps", "2,4", "--strengths", "0,0.5",
+         "--no-inception", "--batch", "10", "--work", str(tmp_path / "w"), "--out", str(out), cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert set(result["inpaint"]) == {"nfe", "masked_input", "replacement/label", "repaint/label",
+                                      "replacement/unconditional", "repaint/unconditional"}
+    assert result["inpaint"]["nfe"] == 105  # RePaint's 25 steps, jump length 5, 5 passes; replacement takes as many
+    assert [r["strength"] for r in result["sdedit"]] == [0, 0.5, 0, 0.5]
+    assert all(r["rms_to_input"] == 0 for r in result["sdedit"] if r["strength"] == 0)
+    assert [r["steps"] for r in result["invert"]] == [2, 4]
+
+
+def test_emoji32_benchmark_smoke(tmp_path):
+    """benchmarks/emoji32.py: a rate, a few seconds of training, every snapshot scored with held-out labels."""
+    require_cached(Path(cached_path("emoji")).exists(), "the emoji data set", "ddpmkit data fetch emoji")
+    out = tmp_path / "e32.json"
+    _run("emoji32.py", "--candidates", "base32", "--minutes", "0.02", "--num", "8", "--no-inception",
+         "--work", str(tmp_path / "w"), "--out", str(out), cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["num"] == 8 and result["held_out"] == 477
+    assert [r["candidate"] for r in result["rows"]] == ["base32"] * 6
+    assert all(r["steps_per_s"] > 0 for r in result["rows"])

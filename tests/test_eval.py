@@ -507,3 +507,15 @@ def test_run_sweep_rejects_unknown_metric_and_missing_reference() -> None:
         run_sweep(lambda *a: None, [], 4, ref, ("fid", "is"))
     with pytest.raises(DdpmkitError, match="cfid needs"):
         run_sweep(lambda *a: None, [], 4, ref, ("cfid",), classifier=FakeClassifier())
+
+
+def test_classifier_metrics_are_refused_for_images_that_are_not_digits():
+    from ddpmkit.eval.sweep import check_classifier_metrics
+
+    for spec in ("mnist", "digits", "mnist:test"):
+        check_classifier_metrics(("fid", "cfid", "classes"), spec)
+    for spec in ("emoji", "fashion-mnist", "pokemon", "folder:/data/cats"):
+        check_classifier_metrics(("fid", "kid"), spec)
+        with pytest.raises(DdpmkitError, match=f"cfid, classes use\\(s\\) the MNIST digit classifier.*{spec}") as info:
+            check_classifier_metrics(("fid", "cfid", "classes"), spec)
+        assert "\n" not in str(info.value)

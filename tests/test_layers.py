@@ -37,7 +37,8 @@ LAYERS: dict[str, int] = {
     "ddpmkit.eval": 7, "ddpmkit.lora.merged_run": 7, "ddpmkit.demo": 7, "ddpmkit.export": 7, "ddpmkit.export.cli": 8,
     "ddpmkit.distill": 7,
     "ddpmkit.cli": 8, "ddpmkit.cli_args": 8, "ddpmkit.__main__": 8, "ddpmkit.data.cli": 8,
-    "ddpmkit.data.__main__": 8, "ddpmkit.eval.cli": 8, "ddpmkit.lora.cli": 8, "ddpmkit.demo.cli": 8, "ddpmkit.editing.cli": 8,
+    "ddpmkit.data.__main__": 8, "ddpmkit.eval.cli": 8, "ddpmkit.lora.cli": 8, "ddpmkit.demo.cli": 8,
+    "ddpmkit.editing.cli": 8,
     "ddpmkit": 9,
 }
 NAMES = ["base", "math", "models", "data", "run", "training", "pipeline", "tasks", "commands", "the package root"]

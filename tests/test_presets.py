@@ -22,7 +22,7 @@ def fake_data(name: str, image_size: int | None) -> ImageArray:
     key = name.split(":")[0]
     size, channels = (32, 3) if key == "cifar10" else SHAPES[key]
     size = image_size or size
-    classes = [str(k) for k in range(10)] if key in ("mnist", "fashion-mnist", "cifar10") else []
+    classes = [str(k) for k in range(10)] if key in ("mnist", "fashion-mnist", "cifar10", "emoji") else []
     return ImageArray(np.zeros((4, size, size, channels), np.uint8), np.arange(4) % max(1, len(classes)), classes, name)
 
 

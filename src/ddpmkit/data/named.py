@@ -39,6 +39,7 @@ class DatasetInfo:
     class_word: str  # what a class is called: "classes", "primary types", ...
     download: Callable[[], Path | None]
     convert: Callable[..., dict]
+    held_out_every: int | None = None  # a set shipped as one: its test split is every k-th image of each class
 
     @property
     def size(self) -> str:
@@ -79,11 +80,11 @@ DATASETS: dict[str, DatasetInfo] = {
             sources.convert_pokemon),
         DatasetInfo(
             "emoji", "Google Noto emoji, composited on white", "npm emoji-datasource-google@16.0.0",
-            {"train": 3_786}, (64, 64, 3), 10, "categories",
+            {"train": 3_309, "test": 477}, (64, 64, 3), 10, "categories",
             lambda: registry.npm_pack(
                 "emoji-datasource-google@16.0.0", "emoji-datasource-google-16.0.0.tgz",
                 "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"),
-            sources.convert_emoji),
+            sources.convert_emoji, held_out_every=8),
         DatasetInfo(
             "digits", "scikit-learn 8x8 digits, for smoke tests", "scikit-learn load_digits (test extra)",
             {"train": 1_797}, (8, 8, 1), 10, "classes",
@@ -152,10 +153,28 @@ def read_npz(path: Path) -> dict:
     return out
 
 
+def hold_out(data: dict, every: int) -> dict:
+    """Split a set shipped as one: within each class, images 0, k, 2k, … (in the converted order) form the test
+    split and the rest the train split, so every class keeps at least one test image."""
+    images, labels = data["train"]
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank[where] = np.arange(len(where))
+    test = rank % every == 0
+    return {**data, "train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
+
+
+def _read_split(path: Path, spec: DatasetInfo) -> dict:
+    data = read_npz(path)
+    return hold_out(data, spec.held_out_every) if spec.held_out_every and data["test"] is None else data
+
+
 def load_named(name: str, split: str = "train", image_size: int | None = None,
                progress: bool = True) -> ImageArray:
     """Load a named data set from the cache (fetching it first if needed), optionally resized."""
-    native = read_npz(fetch(name, progress=progress))
+    spec = info(name)
+    native = _read_split(fetch(name, progress=progress), spec)
     if native[split] is None:
         raise DdpmkitError(f"{name} has no {split!r} split (it ships one set of images); use split='train'")
     data = native
@@ -168,6 +187,6 @@ def load_named(name: str, split: str = "train", image_size: int | None = None,
                     data[key] = (resize_images(native[key][0], image_size, progress, f"{name}/{key}"),
                                  native[key][1])
             save_npz(resized, data)
-        data = read_npz(resized)
+        data = _read_split(resized, spec)
     images, labels = data[split]
     return ImageArray(images, labels, data["class_names"], name)

@@ -58,6 +58,9 @@ def _prepare(args: argparse.Namespace, specs: list[str]):
     image_format(args.out, "--out")
     run, checkpoint = RunFolder.locate(args.run)
     info = run.info(checkpoint)
+    if args.label is not None and info.num_classes is None:
+        raise DdpmkitError(f"{checkpoint} is an unconditional run: --label needs a class-conditional model; "
+                           "drop --label")
     unet = info.unet
     images = []
     for spec in specs:

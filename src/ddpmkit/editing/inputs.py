@@ -108,8 +108,9 @@ def as_mask(mask: np.ndarray | torch.Tensor, what: str = "the mask") -> np.ndarr
         return array.astype(np.uint8)
     if values <= {0, 255}:
         return (array == 255).astype(np.uint8)
-    raise DdpmkitError(f"{what} is not binary (it has {len(values)} grey levels): use black (keep) and white "
-                       "(repaint) only")
+    others = sorted(v for v in values if v not in (0, 1, 255))
+    raise DdpmkitError(f"{what} is not binary (it has grey pixels, e.g. value {others[0]}): use black (keep) and "
+                       "white (repaint) only")
 
 
 def as_model_images(images: np.ndarray | torch.Tensor, channels: int, size: int,

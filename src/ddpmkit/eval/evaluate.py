@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DdpmkitError
-from .sweep import CLASSIFIER_METRICS, INCEPTION_METRICS, check_metrics, default_metrics, sweep_markdown
+from .sweep import (
+    CLASSIFIER_METRICS,
+    INCEPTION_METRICS,
+    check_classifier_metrics,
+    check_metrics,
+    default_metrics,
+    sweep_markdown,
+)
 
 
 @dataclass
@@ -90,6 +97,7 @@ def evaluate_run(
     plans = [plan(spec, n, w) for spec in samplers for n in steps for w in (guidance or [None])]
     metrics = tuple(metrics) if metrics is not None else default_metrics(data_name)
     check_metrics(metrics)
+    check_classifier_metrics(metrics, data_name)
     report_dir = check_writable(Path(out) if out is not None else folder.eval_dir, "dir", "--out")
 
     from ..pipeline import Pipeline

@@ -39,6 +39,17 @@ def check_metrics(metrics: Sequence[str]) -> None:
         raise DdpmkitError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
 
 
+DIGIT_DATA = ("mnist", "digits")  # handwritten digits: what the MNIST classifier's features and classes describe
+
+
+def check_classifier_metrics(metrics: Sequence[str], spec: str) -> None:
+    """The MNIST classifier's metrics only for handwritten digits: on other images they mean nothing."""
+    asked = [m for m in metrics if m in CLASSIFIER_METRICS]
+    if asked and spec.split(":")[0].lower() not in DIGIT_DATA:
+        raise DdpmkitError(f"{', '.join(asked)} use(s) the MNIST digit classifier, which says nothing about "
+                           f"{spec} images; use --metrics fid,kid")
+
+
 def default_metrics(spec: str) -> tuple[str, ...]:
     """Inception FID/KID everywhere; the MNIST classifier metrics too for MNIST-like data."""
     return ALL_METRICS if spec.split(":")[0].lower() == "mnist" else INCEPTION_METRICS
