@@ -94,8 +94,9 @@ def test_editing_benchmark_smoke(tmp_path):
     from ddpmkit.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--set", "data.image_size=28", "--steps", "2", "--out", str(run),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert main(["train", "--preset", "tiny", "--set", "data.image_size=28", "--set", "model.class_conditional=true",
+                 "--set", "model.overrides.attention_resolutions=[14]", "--set", "diffusion.num_steps=1000",
+                 "--steps", "2", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
     out = tmp_path / "editing.json"
     _run("editing.py", str(run), "--num", "10", "--invert-num", "2", "--invert-steps", "2,4", "--strengths", "0,0.5",
          "--no-inception", "--batch", "10", "--work", str(tmp_path / "w"), "--out", str(out), cwd=tmp_path)
