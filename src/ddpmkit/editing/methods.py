@@ -36,6 +36,7 @@ from ..sampling import (
     SAMPLER_REGISTRY,
     Callback,
     SamplerStep,
+    _batch_index,
     check_sampler_args,
     conditioned_model_fn,
     eval_mode,
@@ -192,7 +193,7 @@ def inpaint(
     step = settings.make_step()
     draw = lambda: randn(x0.shape, generator, device, dtype)
     path = repaint_path(process.num_steps, jump_length, resample)
-    batch = lambda value: torch.full((len(x0),), int(value), dtype=torch.long, device=device)
+    batch = lambda value: _batch_index(value, x0)
     downs = sum(1 for a, b in zip(path, path[1:]) if b < a)
     n = 0
     with eval_mode(model), torch.inference_mode():
@@ -214,6 +215,12 @@ def inpaint(
 
 # ----- DDIM inversion and interpolation ------------------------------------------------------------------
 
+def _ddim_timesteps(diffusion: Diffusion, steps: int | None, spacing: str | None):
+    """The checked DDIM settings and their timesteps, shared by :func:`invert` and :func:`reconstruct`."""
+    settings = check_sampler_args("ddim", steps, 0.0, diffusion.num_steps, spacing)
+    return settings, settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
+
+
 def invert(
     model: Callable[..., Tensor],
     diffusion: Diffusion,
@@ -227,8 +234,7 @@ def invert(
     autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The noise x_{t_{K-1}} from which DDIM (η = 0, the same K steps, no clipping) draws back ``image``."""
-    settings = check_sampler_args("ddim", steps, 0.0, diffusion.num_steps, spacing)
-    timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
+    _, timesteps = _ddim_timesteps(diffusion, steps, spacing)
     process = diffusion.respace(timesteps)
     alphas = process.schedule.alphas_cumprod.to(torch.float64)
     if float(alphas[-1]) <= 0.0:
@@ -237,7 +243,7 @@ def invert(
     device = model_device(model, device, image)
     x = image.to(device, torch.float64 if image.dtype == torch.float64 else torch.float32)
     model_fn = conditioned_model_fn(model, model_kwargs, guidance, None, device, autocast_dtype)
-    batch = lambda value: torch.full((len(x),), int(value), dtype=torch.long, device=device)
+    batch = lambda value: _batch_index(value, x)
     K = process.num_steps
     with eval_mode(model), torch.inference_mode():
         for i in range(K):
@@ -266,8 +272,7 @@ def reconstruct(
     autocast_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """DDIM with η = 0 from ``latent`` over the K steps :func:`invert` used: the inverse of the inversion."""
-    settings = check_sampler_args("ddim", steps, 0.0, diffusion.num_steps, spacing)
-    timesteps = settings.timesteps(diffusion.num_steps, diffusion.schedule.alphas_cumprod)
+    settings, timesteps = _ddim_timesteps(diffusion, steps, spacing)
     device = model_device(model, device, latent)
     model_fn = conditioned_model_fn(model, model_kwargs, guidance, None, device, autocast_dtype)
     with eval_mode(model):
