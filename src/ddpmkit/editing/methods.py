@@ -35,6 +35,7 @@ from ..errors import DdpmkitError
 from ..sampling import (
     SAMPLER_REGISTRY,
     Callback,
+    ModelDenoiser,
     SamplerStep,
     _batch_index,
     check_sampler_args,
@@ -191,6 +192,7 @@ def inpaint(
     alphas = process.schedule.alphas_cumprod.to(torch.float64)
     model_fn = conditioned_model_fn(model, model_kwargs, guidance, None, device, autocast_dtype)
     step = settings.make_step()
+    denoise = ModelDenoiser(model_fn, diffusion, clip_denoised)
     draw = lambda: randn(x0.shape, generator, device, dtype)
     path = repaint_path(process.num_steps, jump_length, resample)
     batch = lambda value: _batch_index(value, x0)
@@ -204,7 +206,7 @@ def inpaint(
                 continue
             t = int(process.timesteps[i])
             out = process.p_mean_variance(model_fn(x, batch(t)), x, batch(i), clip_denoised)
-            generated = step(process, i, x, out, draw)
+            generated = step(process, i, x, out, draw, denoise)
             known = x0 if j < 0 else process.q_sample(x0, batch(j), draw())
             x_next = mask * generated + (1 - mask) * known
             if callback is not None:
