@@ -61,6 +61,12 @@ def make_workspace(root: Path) -> Path:
         (root / name).mkdir()
         shutil.copy(root / "adapter" / "adapter.json", root / name)
         (root / name / weights).write_bytes(pickle.dumps({"lora_A": [1.0, 2.0]}))
+    # a run that learns its variance, and a distilled student (8 -> 4 -> 2 steps, one iteration a round)
+    assert main(["train", *TINY, "--out", str(root / "learned"), "--steps", "1", "--set",
+                 "diffusion.variance=learned_range", "--set", "train.sample_every=2"]) == 0
+    assert main(["distill", str(root / "run"), "--steps", "2", "--from-steps", "8", "--iters-per-round", "1",
+                 "--batch-size", "4", "--out", str(root / "student"), "--no-progress", "--device", "cpu",
+                 "--precision", "fp32"]) == 0
     make_broken_inputs(root, checkpoint)
     return root
 
@@ -244,6 +250,29 @@ CASES = [
     (["lora", "merge", RUN, "{root}/adapter", "--out", RUN], "already holds a run"),
     (["lora", "merge", RUN, "{root}/adapter", "--out", "r", "--scale", "nan"], "--scale must be a finite number"),
     (["lora"], "the following arguments are required"),
+    # distill
+    (["distill", "{root}/learned", "--steps", "4", "--out", "r"], "learns its variance"),
+    (["distill", "{root}/adapter", "--steps", "4", "--out", "r"], "is a LoRA run"),
+    (["distill", RUN, "--steps", "3", "--out", "r"], "--steps 3 cannot be reached from 32 steps by halving"),
+    (["distill", RUN, "--steps", "0", "--out", "r"], "--steps must be a whole number >= 1"),
+    (["distill", RUN, "--steps", "48", "--from-steps", "96", "--out", "r"], "are not nested"),
+    (["distill", RUN, "--steps", "4", "--from-steps", "1000", "--out", "r"], "--from-steps must be between 2 and"),
+    (["distill", "{root}/student", "--steps", "1", "--from-steps", "8", "--out", "r"], "is a student made for 2"),
+    (["distill", RUN, "--steps", "4", "--out", RUN], "already holds a run that is not a distillation"),
+    (["distill", RUN, "--steps", "2", "--from-steps", "8", "--out", "{root}/student"], "holds another distillation"),
+    (["distill", RUN, "--steps", "4", "--out", "{root}/empty", "--resume"], "holds no distillation to continue"),
+    (["distill", RUN, "--steps", "4", "--out", "{root}/userfiles"], "holds files that are not part of a ddpmkit run"),
+    (["distill", RUN, "--steps", "4", "--out", "{root}/afile"], "is a file, not a folder"),
+    (["distill", RUN, "--steps", "4", "--out", ""], "an empty path would write into the current folder"),
+    (["distill", RUN, "--steps", "4", "--out", "r", "--lr", "0"], "--lr must be a finite number > 0"),
+    (["distill", RUN, "--steps", "4", "--out", "r", "--iters-per-round", "0"], "--iters-per-round must be"),
+    (["distill", RUN, "--steps", "4", "--out", "r", "--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["distill", "{root}/missing", "--steps", "4", "--out", "r"], "does not exist"),
+    (["distill", "{root}/foreign", "--steps", "4", "--out", "r"], "not a ddpmkit checkpoint"),
+    (["distill", RUN, "--out", "r"], "the following arguments are required: --steps"),
+    (["sample", "{root}/student", "--sampler", "unipc"], "is a distilled student made for DDIM (eta 0) over 2"),
+    (["sample", "{root}/student", "--steps", "4"], "is a distilled student made for DDIM (eta 0) over 2"),
+    (["eval", "{root}/student"], "is a distilled student made for DDIM (eta 0) over 2"),
     # data
     (["data", "show", "imagenet"], "imagenet"),
     (["data", "fetch", "imagenet"], "imagenet"),
@@ -351,7 +380,8 @@ test fails when they differ). In the commands, `RUN` is a trained run, `cond` a 
 `--preset tiny` stands for `--preset tiny --data digits --set data.image_size=16 --no-progress --device cpu` (the
 test's small model, for speed). A command may begin with environment settings (`DDPMKIT_CACHE=afile ddpmkit …`);
 `afile` is a file, `userfiles` a folder of the user's own files, `resized` a checkpoint holding the weights of
-another model size. Hashes and LoRA fingerprints (`sha256:…`) vary by machine and are shortened.
+another model size, `adapter` a LoRA run, `learned` a run that learns its variance, `student` RUN distilled to two
+DDIM steps. Hashes and LoRA fingerprints (`sha256:…`) vary by machine and are shortened.
 
 """
 
@@ -386,7 +416,7 @@ def catalogue_rows() -> list[str]:
 
 def test_catalogue_is_large():
     assert len(CASES) >= 30 and {c[0][0] for c in CASES} >= {"train", "sample", "eval", "data", "demo", "lora",
-                                                             "presets"}
+                                                             "distill", "presets"}
 
 
 @pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])

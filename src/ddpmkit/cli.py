@@ -74,6 +74,7 @@ DELEGATED = {"data": "list | fetch NAME | show NAME: the named data sets",
              "eval": "FID/KID and more for a run over samplers and step counts (ddpmkit eval --help)",
              "demo": "a Gradio app for a trained run (ddpmkit demo --help; pip install 'ddpmkit[demo]')",
              "lora": "fine-tune a run with LoRA adapters, or merge one (ddpmkit lora --help)",
+             "distill": "distil a run into a few-step DDIM student (progressive distillation; ddpmkit distill --help)",
              "export": "write a run as a diffusers pipeline folder (ddpmkit export --help)",
              "import-diffusers": "turn a diffusers UNet2DModel folder into a run (ddpmkit import-diffusers --help)",
              "inpaint": "repaint the masked part of an image (RePaint; ddpmkit inpaint --help)",
@@ -105,6 +106,12 @@ def _delegate(command: str, rest: list[str]) -> int:
         from .lora.cli import lora_main
 
         return lora_main(rest)
+    if command == "distill":
+        from .distill.cli import DESCRIPTION, add_arguments, distill_command
+
+        parser = OneLineParser(prog="ddpmkit distill", description=DESCRIPTION)
+        add_arguments(parser)
+        return distill_command(parser.parse_args(rest))
     if command in ("inpaint", "img2img", "interpolate"):
         from .editing.cli import img2img_main, inpaint_main, interpolate_main
 
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None if command in DELEGATED else build_parser().parse_args(argv)
     if args is not None:
         args.argv = argv  # what --nproc runs in each process
-    if command in ("train", "sample", "eval", "demo"):
+    if command in ("train", "sample", "eval", "demo", "distill"):
         keep_freed_memory()  # glibc: reuse freed activations instead of page-faulting them in every step
         # CUDA: grow the caching allocator's segments in place instead of carving fixed blocks, so sampling after
         # training (other shapes) reuses the memory rather than fragmenting it; a user's own setting wins

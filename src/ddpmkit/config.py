@@ -94,17 +94,37 @@ class LoRAConfig:
 
 
 @dataclass
+class DistillConfig:
+    """What a progressive-distillation student is (``ddpmkit distill``); ``teacher`` None: not a student."""
+
+    teacher: str | None = None           # the checkpoint distilled (the first round's teacher)
+    teacher_steps: int | None = None     # N: the DDIM steps the first round's teacher took (--from-steps)
+    student_steps: int | None = None     # the DDIM steps this student was made for: the only ones it samples with
+    sampler: str = "ddim"                # the student's sampler, η = 0 ...
+    spacing: str = "trailing"            # ... over trailing timesteps (the grids the rounds nest)
+    rounds: tuple[int, ...] = ()         # the student steps of every round, e.g. [32, 16, 8, 4]
+    iters_per_round: int | None = None   # Adam steps per round
+    student_batch_size: int | None = None
+    student_lr: float | None = None
+    wall_seconds: float = 0.0            # the distillation's time so far, over every command that ran it
+    cpu_seconds: float = 0.0             # its process CPU time (all threads)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # a LoRA run: the base's UNet and diffusion are used
+    distill: DistillConfig = field(default_factory=DistillConfig)  # a distilled student: what it was made for
 
     def to_dict(self) -> dict[str, Any]:
         spec = _plain(asdict(self))
         if self.lora.base is None:  # configs of ordinary runs stay as they were
             del spec["lora"]
+        if self.distill.teacher is None:
+            del spec["distill"]
         return spec
 
     @classmethod
@@ -175,7 +195,7 @@ def _section_of(name: str) -> str:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-             "lora": LoRAConfig}
+             "lora": LoRAConfig, "distill": DistillConfig}
 
 
 def _assign(config: RunConfig, section: str, values: Any, where: str) -> None:

@@ -5,7 +5,8 @@ as a :class:`SampleRequest`. Making one checks what needs no run (counts, η, gu
 :meth:`SampleRequest.resolve` then fills in what the caller left out from the run's recommendations
 (:class:`~ddpmkit.run.RunInfo`: its grid sampler, steps, spacing and guidance) and the sampler's own defaults
 (:data:`~ddpmkit.sampling.SAMPLER_REGISTRY`), and checks the rest against the run (steps ≤ T, labels within its
-classes, guidance only where there are labels). No weights are read to do so, and nothing is checked again later.
+classes, guidance only where there are labels; a distilled student only with the DDIM steps it was made for). No
+weights are read to do so, and nothing is checked again later.
 
 >>> request = SampleRequest(num=16, sampler="ddim", steps=50, seed=0)          # doctest: +SKIP
 >>> images = Pipeline.from_run("runs/mnist").generate(request)                 # doctest: +SKIP
@@ -83,6 +84,7 @@ class SampleRequest:
         settings = check_sampler_args(sampler, steps, self.eta, info.diffusion.num_steps, spacing)
 
         where = info.checkpoint or "this run"
+        _check_student(settings, info, where)
         k = info.num_classes
         labels = self.labels
         if labels is not None and k is None:
@@ -133,6 +135,26 @@ class SampleRequest:
     def _require_resolved(self) -> None:
         if not self.resolved:
             raise ValueError("resolve the request against a run first: request.resolve(run_info)")
+
+
+def student_steps(info: RunInfo) -> int | None:
+    """The DDIM steps a distilled student (``ddpmkit distill``) was made for; None for any other run."""
+    distill = info.config.distill if info.config is not None else None
+    return distill.student_steps if distill is not None and distill.teacher is not None else None
+
+
+def _check_student(settings: SamplerSettings, info: RunInfo, where: object) -> None:
+    """A distilled student learned one map: DDIM (η = 0) over its K trailing timesteps, each step standing for two
+    of its teacher's. Any other sampler, step count or spacing is refused."""
+    k = student_steps(info)
+    if k is None:
+        return
+    made_for = ("ddim", k, "trailing", 0.0)
+    if (settings.sampler, settings.steps, settings.spacing, settings.eta) != made_for:
+        asked = f"{settings.sampler} with {settings.steps} {settings.spacing} steps"
+        asked += f" and eta {settings.eta:g}" if settings.eta else ""
+        raise DdpmkitError(f"{where} is a distilled student made for DDIM (eta 0) over {k} trailing steps, not "
+                           f"{asked}; sample it with --sampler ddim --steps {k} --spacing trailing (its defaults)")
 
 
 # Bytes per pixel value that generating holds for every image at once: the initial noise (drawn up front, so that

@@ -22,7 +22,6 @@ from ..sampling import SAMPLERS  # noqa: E402
 from .canvas import EDITOR_SIDE  # noqa: E402
 from .core import (  # noqa: E402
     ALL_CLASSES,
-    FAST_SAMPLER,
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_RESAMPLE,
@@ -310,8 +309,8 @@ def build_app(model: DemoModel) -> gr.Blocks:
 
 def _sampler_controls(model: DemoModel) -> tuple[Any, Any, Any, Any]:
     """The sampler, steps, η (shown for DDIM) and seed controls, as the Generate and Edit tabs both have them."""
-    sampler = gr.Dropdown(list(SAMPLERS), value=FAST_SAMPLER, label="sampler")
-    steps = Slider(1, model.num_steps, value=model.default_steps(FAST_SAMPLER), step=1, label="steps")
+    sampler = gr.Dropdown(list(SAMPLERS), value=model.start_sampler, label="sampler")
+    steps = Slider(1, model.num_steps, value=model.default_steps(model.start_sampler), step=1, label="steps")
     eta = Slider(0.0, 1.0, value=0.0, step=0.05, label="η (DDIM: 0 deterministic, 1 = DDPM)", visible=False)
     seed = Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
     return sampler, steps, eta, seed

@@ -25,7 +25,7 @@ from ..data.image_array import to_model_range
 from ..editing.inputs import as_model_images
 from ..errors import DdpmkitError
 from ..pipeline import Pipeline
-from ..request import SampleRequest
+from ..request import SampleRequest, student_steps
 from ..sampling import SAMPLER_REGISTRY, SAMPLERS, SamplerStep
 from ..schedule import NoiseSchedule
 from ..viz import grid_image, save_gif, to_uint8
@@ -227,8 +227,16 @@ class DemoModel:
         return (f"{self.data_spec or 'a run'} · {size}×{size}×{c} · {kind} · T = {self.num_steps}{step} · "
                 f"{self.pipe.device.type}")
 
+    @property
+    def start_sampler(self) -> str:
+        """The sampler the controls start on: the fast default, or a distilled student's DDIM (its only sampler)."""
+        return self.pipe.info.sampler[0] if student_steps(self.pipe.info) is not None else FAST_SAMPLER
+
     def default_steps(self, sampler: str) -> int:
-        """The slider's start: the run's step count for its own sampler (DDPM-50 for mnist), else the sampler's."""
+        """The slider's start: the run's step count for its own sampler (DDPM-50 for mnist), else the sampler's (a
+        distilled student: its own steps whatever the sampler; Generate refuses the others in one line)."""
+        if student_steps(self.pipe.info) is not None:
+            return student_steps(self.pipe.info)
         if sampler in SAMPLERS:
             return self.pipe.resolve(SampleRequest(num=1, sampler=sampler)).steps
         return self.num_steps
@@ -408,7 +416,7 @@ class DemoModel:
             try:
                 images = self.data().images[:256]
             except DdpmkitError:
-                request = self.check(FAST_SAMPLER, self.default_steps(FAST_SAMPLER), 0.0, 0, 4)
+                request = self.check(self.start_sampler, self.default_steps(self.start_sampler), 0.0, 0, 4)
                 with self.lock:
                     images = self.pipe.generate(request)
             self._dark = dark_background(np.asarray(images))
@@ -481,7 +489,7 @@ class DemoModel:
                                    "another source")
             return np.asarray(generated[_integer(index, "Image #", 0, len(generated) - 1)])
         if source == SOURCES[1]:
-            request = self.check(FAST_SAMPLER, self.default_steps(FAST_SAMPLER), 0.0, index, 1)
+            request = self.check(self.start_sampler, self.default_steps(self.start_sampler), 0.0, index, 1)
             with self.lock:
                 return self.pipe.generate(request)[0]
         if source == SOURCES[2]:
